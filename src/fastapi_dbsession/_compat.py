@@ -1,0 +1,51 @@
+"""Keep version, driver and pool differences in one place."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING
+
+from sqlalchemy.pool import NullPool, Pool, QueuePool, StaticPool
+
+from ._urls import install_hint
+from .errors import MissingDriverError
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+
+def require_asyncio() -> ModuleType:
+    """Import ``sqlalchemy.ext.asyncio`` or say which extra brings greenlet.
+
+    SQLAlchemy 2.1 no longer installs greenlet by default, and its asyncio extension cannot
+    run without it, so every async feature goes through here first.
+    """
+    if importlib.util.find_spec("greenlet") is None:
+        raise MissingDriverError(
+            "The async side of fastapi-dbsession needs greenlet, which is not installed "
+            "(SQLAlchemy 2.1 no longer installs it by default). Install it with "
+            f"{install_hint('greenlet')}."
+        )
+    import sqlalchemy.ext.asyncio
+
+    return sqlalchemy.ext.asyncio
+
+
+def pool_capacity(pool: Pool) -> int | None:
+    """Return how many connections ``pool`` can hand out at once, or None for unbounded."""
+    if isinstance(pool, StaticPool):
+        return 1  # one shared connection: request sessions must take turns on it
+    if isinstance(pool, QueuePool):
+        max_overflow: int = getattr(pool, "_max_overflow", 0)
+        if max_overflow < 0:
+            return None
+        return pool.size() + max_overflow
+    if isinstance(pool, NullPool):
+        return None
+    return None
+
+
+def pool_timeout(pool: Pool) -> float:
+    """Return the pool's checkout timeout in seconds (30, SQLAlchemy's default, if unknown)."""
+    timeout = getattr(pool, "_timeout", 30.0)
+    return float(timeout) if isinstance(timeout, int | float) else 30.0

@@ -1,0 +1,134 @@
+"""Turn a URL and the user's options into a SQLAlchemy engine with safe per-backend defaults."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
+from sqlalchemy.pool import StaticPool
+
+from . import _urls
+from .errors import ConfigurationError, MissingDriverError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine.interfaces import DBAPIConnection
+    from sqlalchemy.pool import ConnectionPoolEntry
+
+logger = logging.getLogger(__name__)
+
+_E = TypeVar("_E")
+
+# Options whose type we check ourselves: SQLAlchemy would accept a string here and fail much
+# later, far from the mistake.
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "pool_size": (int,),
+    "max_overflow": (int,),
+    "pool_recycle": (int, float),
+    "pool_timeout": (int, float),
+    "pool_pre_ping": (bool,),
+    "echo": (bool, str),
+    "echo_pool": (bool, str),
+    "connect_args": (Mapping,),
+}
+
+
+def check_options(options: object, *, argument: str) -> dict[str, Any]:
+    """Validate a user's options mapping and return a copy of it."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(
+            f"{argument} must be a dict of keyword arguments, not {type(options).__name__}. "
+            f'Example: {argument}={{"pool_size": 10}}.'
+        )
+    checked = dict(options)
+    for name, value in checked.items():
+        if not isinstance(name, str):
+            raise ConfigurationError(f"{argument} keys must be strings, got {name!r}.")
+        expected = _OPTION_TYPES.get(name)
+        if expected is not None and (
+            not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)
+        ):
+            names = " or ".join(t.__name__ for t in expected)
+            raise ConfigurationError(
+                f"{argument}[{name!r}] must be {names}, not {type(value).__name__} "
+                f"({value!r}). Convert it before passing it (values read from the environment "
+                "are strings)."
+            )
+    return checked
+
+
+def engine_options(url: URL, user_options: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge the safe defaults for ``url``'s backend under the user's options."""
+    options: dict[str, Any] = {}
+    connect_args: dict[str, Any] = {}
+    if url.get_backend_name() == "sqlite":
+        connect_args["check_same_thread"] = False
+        if _urls.is_sqlite_memory(url):
+            options["poolclass"] = StaticPool
+    else:
+        options["pool_pre_ping"] = True
+    options.update(user_options)
+    options["connect_args"] = {**connect_args, **dict(user_options.get("connect_args", {}))}
+    return options
+
+
+def create(
+    factory: Callable[..., _E], url: URL, user_options: Mapping[str, Any], *, side: str
+) -> _E:
+    """Call ``create_engine`` / ``create_async_engine`` and explain what can go wrong."""
+    shown = _urls.render(url)
+    try:
+        engine = factory(url, **engine_options(url, user_options))
+    except ModuleNotFoundError as exc:
+        raise MissingDriverError(
+            f"The {side} engine for {shown} needs the Python module {exc.name!r}, which is "
+            f"not installed. Install it with: {_urls.install_hint(exc.name)}."
+        ) from None
+    except NoSuchModuleError:
+        raise ConfigurationError(
+            f"SQLAlchemy has no dialect or driver named {url.drivername!r} (in {shown}). "
+            'Check the spelling of "dialect+driver", e.g. "postgresql+psycopg", '
+            '"mysql+pymysql", "sqlite".'
+        ) from None
+    except InvalidRequestError as exc:
+        raise ConfigurationError(
+            f"Cannot build the {side} engine for {shown}: {_urls.mask_text(str(exc))}. "
+            "Pass sync URLs as url= and asyncio URLs (asyncpg, aiosqlite, aiomysql, psycopg) "
+            "as async_url=."
+        ) from None
+    except (TypeError, ArgumentError) as exc:
+        raise ConfigurationError(
+            f"Invalid engine options for {shown}: {_urls.mask_text(str(exc))}. Check the "
+            "keys of engine_options / async_engine_options against create_engine()'s "
+            "arguments."
+        ) from None
+    sync_engine: Engine = getattr(engine, "sync_engine", engine)  # type: ignore[arg-type]
+    if url.get_backend_name() == "sqlite":
+        _sqlite_transactions(sync_engine)
+    logger.info("created %s engine for %s", side, shown)
+    return engine
+
+
+def _sqlite_transactions(engine: Engine) -> None:
+    """Make SQLite begin transactions when SQLAlchemy does, and enforce foreign keys.
+
+    pysqlite (and aiosqlite on top of it) delays BEGIN until the first write, so reads before
+    it run outside the transaction and SAVEPOINT does not work. Taking over BEGIN is the
+    workaround SQLAlchemy's SQLite documentation gives.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")

@@ -1,0 +1,160 @@
+"""Build the session classes a manager hands out, with the library's guards built in.
+
+Two guards, written once on the sync ``Session`` (which ``AsyncSession`` proxies):
+
+- a *finished* request session refuses to begin a new transaction, so a background task or a
+  streaming body that touches it gets a clear error instead of a silent new connection;
+- an ``AsyncSession`` refuses to start an operation while another task is inside one, so
+  ``asyncio.gather`` over a shared session fails at once with our message, not later with a
+  driver error ("another operation is in progress").
+
+Each user class (``Session``, ``sqlmodel.Session``, ...) gets one cached subclass that only
+adds these guards; ``isinstance`` checks against the user's class keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
+
+from .errors import ConcurrentSessionUseError, SessionFinishedError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+FINISHED = "fastapi_dbsession.finished"
+"""``session.info`` key: set to a message once a request session has ended."""
+
+_S = TypeVar("_S", bound=Session)
+_A = TypeVar("_A", bound="AsyncSession")
+
+# Coroutine methods that do not take the guard: cleanup must always be able to run.
+_UNGUARDED = frozenset({"__aenter__", "__aexit__", "close", "aclose", "close_all", "invalidate"})
+
+_sync_classes: dict[type[Session], type[Session]] = {}
+_async_classes: dict[type[Any], type[Any]] = {}
+
+
+def _refuse_finished(session: Session, transaction: SessionTransaction) -> None:
+    message = session.info.get(FINISHED)
+    if message is not None and transaction.parent is None:
+        transaction.close()  # leave the session as it was: no transaction, no connection
+        raise SessionFinishedError(message)
+
+
+def guarded_session_class(base: type[_S]) -> type[_S]:
+    """Return the subclass of ``base`` that refuses to restart once finished."""
+    cls = _sync_classes.get(base)
+    if cls is None:
+        cls = type(base.__name__, (base,), {"__module__": base.__module__})
+        cls.__qualname__ = base.__qualname__
+        event.listen(cls, "after_transaction_create", _refuse_finished)
+        _sync_classes[base] = cls
+    return cls  # type: ignore[return-value]
+
+
+def _guard(name: str, method: Callable[..., Awaitable[object]]) -> Callable[..., Awaitable[object]]:
+    @functools.wraps(method)
+    async def guarded(self: Any, *args: Any, **kwargs: Any) -> object:
+        task = asyncio.current_task()
+        owner = self._fastapi_dbsession_owner
+        if owner is not None and owner is not task:
+            raise ConcurrentSessionUseError(
+                f"AsyncSession.{name}() was called from task {_task_name(task)} while task "
+                f"{_task_name(owner)} is still inside an operation on the same session. An "
+                "AsyncSession (and its connection) serves one task at a time: do not share it "
+                "across asyncio.gather(), TaskGroup or create_task(). Give each concurrent task "
+                'its own session, e.g. "async with db.async_transaction() as session:", or '
+                "await the operations one after another."
+            )
+        self._fastapi_dbsession_owner = task
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            self._fastapi_dbsession_owner = owner
+            if owner is None and self._fastapi_dbsession_idle_waiters:
+                for waiter in self._fastapi_dbsession_idle_waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                self._fastapi_dbsession_idle_waiters.clear()
+
+    return guarded
+
+
+def _task_name(task: asyncio.Task[Any] | None) -> str:
+    return repr(task.get_name()) if task is not None else "<no task>"
+
+
+def guarded_async_session_class(base: type[_A]) -> type[_A]:
+    """Return the subclass of ``base`` with the concurrency and finished-session guards."""
+    cls = _async_classes.get(base)
+    if cls is None:
+        namespace: dict[str, object] = {
+            "__module__": base.__module__,
+            "_fastapi_dbsession_owner": None,
+            "_fastapi_dbsession_idle_waiters": (),
+            "sync_session_class": guarded_session_class(base.sync_session_class),
+        }
+        for name, member in inspect.getmembers(base, inspect.iscoroutinefunction):
+            if name not in _UNGUARDED:
+                namespace[name] = _guard(name, member)
+        cls = type(base.__name__, (base,), namespace)
+        cls.__qualname__ = base.__qualname__
+        _async_classes[base] = cls
+    return cls
+
+
+def has_work(session: Session) -> bool:
+    """Tell whether finishing ``session`` needs any I/O at all."""
+    return session.in_transaction() or bool(session.new or session.dirty or session.deleted)
+
+
+def finish_session(session: Session, commit: bool, finished_message: str) -> None:
+    """Commit (if asked and there is work) or roll back ``session``, then close it for good.
+
+    After this, any use of ``session`` that would begin a transaction raises
+    ``SessionFinishedError(finished_message)``.
+    """
+    try:
+        if commit and has_work(session):
+            session.commit()
+        elif session.in_transaction():
+            session.rollback()
+    finally:
+        session.info[FINISHED] = finished_message
+        session.close()
+
+
+async def afinish_session(session: AsyncSession, commit: bool, finished_message: str) -> None:
+    """Async twin of :func:`finish_session`."""
+    await _wait_until_idle(session)
+    try:
+        if commit and has_work(session.sync_session):
+            await session.commit()
+        elif session.in_transaction():
+            await session.rollback()
+    finally:
+        session.sync_session.info[FINISHED] = finished_message
+        await session.close()
+
+
+async def _wait_until_idle(session: AsyncSession) -> None:
+    """Wait until no other task is inside an operation on ``session``.
+
+    After ``asyncio.gather`` fails on a shared session, the other task may still be running a
+    statement; closing under it would corrupt the session, so the request waits for it.
+    """
+    owner = getattr(session, "_fastapi_dbsession_owner", None)
+    current = asyncio.current_task()
+    while owner is not None and owner is not current:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = session.__dict__.setdefault("_fastapi_dbsession_idle_waiters", [])
+        waiters.append(waiter)
+        await waiter
+        owner = getattr(session, "_fastapi_dbsession_owner", None)

@@ -1,0 +1,153 @@
+"""Provide the request session dependencies: ``db.session`` and ``db.async_session``.
+
+``db.session`` is a plain ``async def`` dependency that depends on a ``scope="function"``
+yield dependency. FastAPI closes function-scoped dependencies after the endpoint and its
+response-model serialization, but *before* the response is sent, so the commit happens while
+the client can still be told it failed. (A yield dependency with the default ``"request"``
+scope is closed after the response is sent: a failing commit there still gives the client a
+2xx.)
+"""
+
+# No "from __future__ import annotations" here: FastAPI reads these signatures at runtime.
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import Depends, Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
+
+from ._sessions import afinish_session, finish_session, has_work
+from .errors import ConfigurationError, PoolTimeoutError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from .manager import DatabaseSessionManager
+
+logger = logging.getLogger(__name__)
+
+CommitPolicy = Literal["commit", "manual", "read_only"]
+COMMIT_POLICIES: tuple[CommitPolicy, ...] = ("commit", "manual", "read_only")
+
+_SCOPE_KEY = "fastapi_dbsession.commit_policy"
+
+FINISHED_MESSAGE = (
+    "This request session was already closed: its request transaction ended before the "
+    "response was sent (committed or rolled back). Code that runs later, such as a "
+    "BackgroundTask or a StreamingResponse body, must open its own unit of work: "
+    '"with db.transaction() as session:" (or "async with db.async_transaction() as session:").'
+)
+
+
+def check_policy(policy: object, *, argument: str) -> CommitPolicy:
+    """Return ``policy`` if it names a commit policy, else raise a clear error."""
+    for known in COMMIT_POLICIES:
+        if policy == known:
+            return known
+    raise ConfigurationError(
+        f"{argument}={policy!r} is not a commit policy. Use one of "
+        f"{', '.join(map(repr, COMMIT_POLICIES))}: 'commit' commits when the endpoint succeeds, "
+        "'manual' never commits for you, 'read_only' always rolls back."
+    )
+
+
+def should_commit(policy: CommitPolicy, error: BaseException | None, status: int | None) -> bool:
+    """Decide the fate of a request transaction; no I/O.
+
+    Args:
+        policy: The route's commit policy.
+        error: What the endpoint or a dependency raised, if anything.
+        status: The status code set on the injected ``Response``, if any.
+    """
+    return policy == "commit" and error is None and (status is None or status < 400)
+
+
+def commit_policy_dependency(
+    manager: "DatabaseSessionManager", policy: CommitPolicy
+) -> Callable[[HTTPConnection], Awaitable[None]]:
+    """Build the route dependency that overrides ``manager``'s commit policy for one route."""
+
+    async def commit_policy(connection: HTTPConnection) -> None:
+        connection.scope.setdefault(_SCOPE_KEY, {})[id(manager)] = policy
+
+    return commit_policy
+
+
+def _route_policy(connection: HTTPConnection, manager: "DatabaseSessionManager") -> CommitPolicy:
+    chosen: dict[int, CommitPolicy] | None = connection.scope.get(_SCOPE_KEY)
+    if chosen is None:
+        return manager.default_commit_policy
+    return chosen.get(id(manager), manager.default_commit_policy)
+
+
+def session_dependency(manager: "DatabaseSessionManager") -> Callable[..., Awaitable[Session]]:
+    """Build ``db.session``: the request's sync session, finished before the response."""
+
+    async def request_session_scope(
+        connection: HTTPConnection, response: Response
+    ) -> AsyncIterator[Session]:
+        gate = manager._sync_capacity_gate()
+        if gate is not None and not await gate.acquire(gate.timeout):
+            raise PoolTimeoutError(gate.timeout_message)
+        session = manager._session_factory()
+        previous = manager._sync_current.set(session)
+        try:
+            commit = False
+            try:
+                yield session
+            except BaseException:
+                await _finish_in_thread(session, commit=False)
+                raise
+            commit = should_commit(_route_policy(connection, manager), None, response.status_code)
+            await _finish_in_thread(session, commit=commit)
+            logger.debug("request session %s", "committed" if commit else "rolled back")
+        finally:
+            manager._sync_current.reset(previous)
+            if gate is not None:
+                gate.release()
+
+    async def session(
+        request_session: Session = Depends(request_session_scope, scope="function"),
+    ) -> Session:
+        return request_session
+
+    return session
+
+
+async def _finish_in_thread(session: Session, *, commit: bool) -> None:
+    if has_work(session):
+        await run_in_threadpool(finish_session, session, commit, FINISHED_MESSAGE)
+    else:  # nothing to send: skip the thread hop
+        finish_session(session, commit, FINISHED_MESSAGE)
+
+
+def async_session_dependency(
+    manager: "DatabaseSessionManager",
+) -> "Callable[..., Awaitable[AsyncSession]]":
+    """Build ``db.async_session``: the request's AsyncSession, finished before the response."""
+
+    async def request_async_session_scope(
+        connection: HTTPConnection, response: Response
+    ) -> AsyncIterator["AsyncSession"]:
+        session = manager._async_session_factory()
+        previous = manager._async_current.set(session)
+        try:
+            try:
+                yield session
+            except BaseException:
+                await afinish_session(session, False, FINISHED_MESSAGE)
+                raise
+            commit = should_commit(_route_policy(connection, manager), None, response.status_code)
+            await afinish_session(session, commit, FINISHED_MESSAGE)
+            logger.debug("request async session %s", "committed" if commit else "rolled back")
+        finally:
+            manager._async_current.reset(previous)
+
+    async def async_session(
+        request_session: Any = Depends(request_async_session_scope, scope="function"),
+    ) -> "AsyncSession":
+        return request_session  # type: ignore[no-any-return]
+
+    return async_session

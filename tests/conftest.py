@@ -1,0 +1,184 @@
+"""Real databases for the tests: SQLite files, and PostgreSQL and MariaDB from the machine.
+
+Each test run creates its own PostgreSQL and MariaDB databases (named after the process, so
+parallel runs never meet), creates the tables once, empties them after every test and drops
+the databases at the end. Without a server the tests that need it are skipped with a hint,
+except under ``CI=true``, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import URL, create_engine, make_url, text
+from sqlalchemy.pool import NullPool
+from sqlmodel import SQLModel
+
+from tests.models import Base
+
+POSTGRES_URL = os.environ.get(
+    "FDBS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+MARIADB_URL = os.environ.get("FDBS_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+_HOW_TO_ENABLE = {
+    "postgresql": "start PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth) or set "
+    "FDBS_TEST_POSTGRES_URL",
+    "mariadb": "start MariaDB on 127.0.0.1:3306 (user root, no password) or set "
+    "FDBS_TEST_MARIADB_URL",
+}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A test database: the URLs the app uses and a way to look at it from outside."""
+
+    name: str
+    url: URL
+    async_url: URL
+
+    def admin_engine(self):  # type: ignore[no-untyped-def]
+        return create_engine(self.url, poolclass=NullPool)
+
+    def count(self, table: str = "items", where: str = "") -> int:
+        """Count rows through a fresh connection: what is really committed."""
+        engine = self.admin_engine()
+        try:
+            with engine.connect() as connection:
+                return int(connection.scalar(text(f"SELECT count(*) FROM {table} {where}")))
+        finally:
+            engine.dispose()
+
+    def names(self) -> list[str]:
+        engine = self.admin_engine()
+        try:
+            with engine.connect() as connection:
+                return list(connection.scalars(text("SELECT name FROM items ORDER BY name")))
+        finally:
+            engine.dispose()
+
+
+def _unreachable(name: str, exc: Exception) -> None:
+    message = (
+        f"{name} is not reachable ({type(exc).__name__}: {exc}); to run these tests, "
+        + (_HOW_TO_ENABLE[name])
+    )
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def _server_database(name: str, server_url: URL, worker: str) -> Iterator[URL]:
+    database = f"fdbs_{worker}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = create_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f"CREATE DATABASE {database}"))
+    except Exception as exc:  # the server is down or refuses us
+        admin.dispose()
+        _unreachable(name, exc)
+    url = server_url.set(database=database)
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            if name == "postgresql":
+                connection.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :db AND pid <> pg_backend_pid()"
+                    ),
+                    {"db": database},
+                )
+            connection.execute(text(f"DROP DATABASE IF EXISTS {database}"))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_database(worker_id: str) -> Iterator[URL]:
+    yield from _server_database("postgresql", make_url(POSTGRES_URL), worker_id)
+
+
+@pytest.fixture(scope="session")
+def mariadb_database(worker_id: str) -> Iterator[URL]:
+    yield from _server_database("mariadb", make_url(MARIADB_URL), worker_id)
+
+
+@pytest.fixture(scope="session")
+def worker_id() -> str:
+    """pytest-xdist's worker name when it runs us, else "main" (overridden by xdist)."""
+    return "main"
+
+
+def _create_schema(url: URL) -> None:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        for metadata in (Base.metadata, SQLModel.metadata):
+            metadata.drop_all(engine)
+            metadata.create_all(engine)
+    finally:
+        engine.dispose()
+
+
+def _empty_tables(url: URL) -> None:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            for metadata in (Base.metadata, SQLModel.metadata):
+                for table in reversed(metadata.sorted_tables):
+                    connection.execute(table.delete())
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_schema(postgres_database: URL) -> URL:
+    _create_schema(postgres_database)
+    return postgres_database
+
+
+@pytest.fixture(scope="session")
+def mariadb_schema(mariadb_database: URL) -> URL:
+    _create_schema(mariadb_database)
+    return mariadb_database
+
+
+def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if name == "sqlite":
+        url = make_url(f"sqlite:///{tmp_path / 'app.db'}")
+        _create_schema(url)
+        yield Backend(name, url, url.set(drivername="sqlite+aiosqlite"))
+        return
+    if name == "postgresql":
+        url = request.getfixturevalue("postgres_schema")
+        async_url = url.set(drivername="postgresql+asyncpg")
+    else:
+        url = request.getfixturevalue("mariadb_schema")
+        async_url = url.set(drivername="mysql+aiomysql")
+    try:
+        yield Backend(name, url, async_url)
+    finally:
+        _empty_tables(url)
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Every backend in turn, with empty tables."""
+    yield from _make_backend(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=["sync", "async"])
+def side(request: pytest.FixtureRequest) -> str:
+    """Run the test against the sync routes and the async routes."""
+    return str(request.param)

@@ -1,0 +1,319 @@
+"""The request session: commit before the response, roll back on failure, always close."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import anyio
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from fastapi_dbsession import (
+    ConcurrentSessionUseError,
+    DatabaseSessionManager,
+    SessionFinishedError,
+)
+from tests.app import build_app
+from tests.conftest import Backend
+
+
+@pytest.fixture
+def db(backend: Backend) -> DatabaseSessionManager:
+    return DatabaseSessionManager(backend.url, async_url=backend.async_url)
+
+
+@pytest.fixture
+def app(db: DatabaseSessionManager) -> FastAPI:
+    return build_app(db)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as client:
+        yield client
+
+
+def checked_out(db: DatabaseSessionManager, side: str) -> int:
+    """Connections the side's pool has handed out and not got back."""
+    engine = db.engine if side == "sync" else db.async_engine.sync_engine
+    return engine.pool.checkedout()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_success_commits_before_response(
+    client: TestClient, db: DatabaseSessionManager, backend: Backend, side: str
+) -> None:
+    response = client.post(f"/{side}/items", json={"name": "ada"})
+
+    assert response.status_code == 201
+    body = response.json()
+    assert body["name"] == "ada"
+    assert isinstance(body["id"], int)  # server-generated id serialized
+    assert body["created_at"]  # server default loaded, no MissingGreenlet
+    assert backend.names() == ["ada"]
+    assert checked_out(db, side) == 0
+
+
+@pytest.mark.parametrize("status", [400, 409, 500])
+def test_http_exception_rolls_back(
+    client: TestClient, db: DatabaseSessionManager, backend: Backend, side: str, status: int
+) -> None:
+    response = client.post(f"/{side}/items", json={"name": "ada", "raise_status": status})
+
+    assert response.status_code == status
+    assert backend.count() == 0
+    assert checked_out(db, side) == 0
+
+
+def test_error_status_on_injected_response_rolls_back(
+    client: TestClient, db: DatabaseSessionManager, backend: Backend, side: str
+) -> None:
+    response = client.post(f"/{side}/items", json={"name": "ada", "status": 409})
+
+    assert response.status_code == 409
+    assert backend.count() == 0
+    assert checked_out(db, side) == 0
+
+
+def test_success_status_on_injected_response_commits(
+    client: TestClient, backend: Backend, side: str
+) -> None:
+    response = client.post(f"/{side}/items", json={"name": "ada", "status": 202})
+
+    assert response.status_code == 202
+    assert backend.names() == ["ada"]
+
+
+def test_commit_failure_returns_500_not_2xx(
+    app: FastAPI, db: DatabaseSessionManager, backend: Backend, side: str
+) -> None:
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post(f"/{side}/items/commit-fails")
+
+        assert response.status_code == 500
+        assert "never see this" not in response.text
+        assert backend.count() == 0
+        assert backend.count("tickets") == 0
+        assert checked_out(db, side) == 0
+
+
+def test_commit_failure_reaches_the_apps_exception_handler(
+    app: FastAPI, backend: Backend, side: str
+) -> None:
+    @app.exception_handler(DBAPIError)
+    async def conflict(request: object, exc: DBAPIError) -> object:
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse({"detail": "could not save"}, status_code=503)
+
+    with TestClient(app) as client:
+        response = client.post(f"/{side}/items/commit-fails")
+
+    assert response.status_code == 503
+    assert response.json() == {"detail": "could not save"}
+    assert backend.count() == 0
+
+
+def test_commit_failure_raises_the_database_error(app: FastAPI, side: str) -> None:
+    with TestClient(app) as client, pytest.raises((IntegrityError, OperationalError)):
+        client.post(f"/{side}/items/commit-fails")
+
+
+def test_dependency_and_endpoint_share_one_session(
+    client: TestClient, backend: Backend, side: str
+) -> None:
+    response = client.post(f"/{side}/items/shared")
+
+    assert response.status_code == 201
+    assert response.json() == {"same": True}
+    assert backend.names() == ["audit", "endpoint"]
+
+
+def test_request_validation_error_rolls_back_dependency_writes(
+    client: TestClient, db: DatabaseSessionManager, backend: Backend, side: str
+) -> None:
+    response = client.post(f"/{side}/items/audit-then-invalid", json={"nom": "missing name"})
+
+    assert response.status_code == 422
+    assert backend.count() == 0
+    assert checked_out(db, side) == 0
+
+
+def test_response_validation_error_rolls_back(
+    app: FastAPI, db: DatabaseSessionManager, backend: Backend, side: str
+) -> None:
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post(f"/{side}/items/bad-response")
+        assert checked_out(db, side) == 0
+
+    assert response.status_code == 500
+    assert backend.count() == 0
+
+
+def test_request_that_never_touches_the_database_checks_out_nothing(
+    client: TestClient, db: DatabaseSessionManager, side: str
+) -> None:
+    engine = db.engine if side == "sync" else db.async_engine.sync_engine
+    connects: list[object] = []
+    from sqlalchemy import event
+
+    event.listen(engine.pool, "checkout", lambda *args: connects.append(args))
+    response = client.get(f"/{side}/untouched")
+
+    assert response.json() == {"in_transaction": False}
+    assert connects == []
+
+
+def test_returned_response_with_error_status_commits(
+    client: TestClient, backend: Backend, side: str
+) -> None:
+    """A Response returned directly is invisible to dependencies: its 4xx commits (documented)."""
+    response = client.post(f"/{side}/items/returned-response")
+
+    assert response.status_code == 409
+    assert backend.names() == ["returned"]
+
+
+def test_manual_policy_never_commits_for_you(
+    client: TestClient, db: DatabaseSessionManager, backend: Backend, side: str
+) -> None:
+    assert client.post(f"/{side}/items/manual", json={"name": "lost"}).status_code == 200
+    assert client.post(f"/{side}/items/manual", json={"name": "commit-me"}).status_code == 200
+
+    assert backend.names() == ["commit-me"]
+    assert checked_out(db, side) == 0
+
+
+def test_read_only_policy_always_rolls_back(
+    client: TestClient, backend: Backend, side: str
+) -> None:
+    response = client.post(f"/{side}/items/read-only")
+
+    assert response.json() == {"count": 1}
+    assert backend.count() == 0
+
+
+def test_manager_default_policy_applies_to_every_route(backend: Backend, side: str) -> None:
+    db = DatabaseSessionManager(backend.url, async_url=backend.async_url, commit_policy="manual")
+    with TestClient(build_app(db)) as client:
+        assert client.post(f"/{side}/items", json={"name": "ada"}).status_code == 201
+    assert backend.count() == 0
+
+
+def test_background_task_cannot_use_the_finished_session(
+    app: FastAPI, db: DatabaseSessionManager, backend: Backend, side: str
+) -> None:
+    with TestClient(app) as client:
+        response = client.post(f"/{side}/items/background")
+        assert checked_out(db, side) == 0
+
+    assert response.status_code == 202
+    assert backend.names() == ["before-background"]
+    [error] = app.state.background_errors
+    assert isinstance(error, SessionFinishedError)
+    assert "db.transaction()" in str(error)
+
+
+def test_streaming_body_cannot_use_the_finished_session(
+    app: FastAPI, db: DatabaseSessionManager, side: str
+) -> None:
+    with TestClient(app) as client:
+        response = client.get(f"/{side}/items/stream")
+        assert checked_out(db, side) == 0
+
+    assert response.text == "start\nerror\n"
+    [error] = app.state.stream_errors
+    assert isinstance(error, SessionFinishedError)
+
+
+def test_explicit_commit_in_endpoint_serializes_loaded_object(
+    client: TestClient, backend: Backend, side: str
+) -> None:
+    response = client.post(f"/{side}/items/explicit-commit", json={"name": "ada"})
+
+    assert response.status_code == 201
+    assert response.json()["name"] == "ada"
+    assert isinstance(response.json()["id"], int)
+    assert backend.names() == ["ada"]
+
+
+def test_async_session_shared_between_tasks_fails_clearly(
+    client: TestClient, db: DatabaseSessionManager
+) -> None:
+    with pytest.raises(ConcurrentSessionUseError, match="one task at a time"):
+        client.get("/async/misuse/gather")
+    assert checked_out(db, "async") == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cancelled_request_rolls_back_and_returns_connection(
+    app: FastAPI, db: DatabaseSessionManager, backend: Backend, side: str, anyio_backend: str
+) -> None:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"/{side}/items/slow",
+        "raw_path": f"/{side}/items/slow".encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"test")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("test", 80),
+        "root_path": "",
+    }
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: object) -> None:
+        raise AssertionError("a cancelled request sends nothing")
+
+    async def wait_for_the_write() -> None:
+        while _holding(db, side) == 0:  # noqa: ASYNC110 - polls the pool, not an event
+            await anyio.sleep(0.02)
+
+    with anyio.move_on_after(10) as scope_timeout:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(app, scope, receive, send)
+            await wait_for_the_write()
+            await anyio.sleep(0.2)
+            tasks.cancel_scope.cancel()
+    assert not scope_timeout.cancelled_caught
+
+    assert checked_out(db, side) == 0
+    assert backend.count() == 0
+    await db.async_dispose()
+    db.dispose()
+
+
+def _holding(db: DatabaseSessionManager, side: str) -> int:
+    engine = db._engine if side == "sync" else getattr(db._async_engine, "sync_engine", None)
+    return 0 if engine is None else engine.pool.checkedout()  # type: ignore[attr-defined]
+
+
+def test_dependency_override_replaces_the_session(
+    app: FastAPI, db: DatabaseSessionManager, backend: Backend
+) -> None:
+    """The seed's testing habit: app.dependency_overrides[db.session] = ..."""
+    outer = db.engine.connect()
+    transaction = outer.begin()
+    from sqlalchemy.orm import Session
+
+    test_session = Session(bind=outer, join_transaction_mode="create_savepoint")
+    app.dependency_overrides[db.session] = lambda: test_session
+    try:
+        with TestClient(app) as client:
+            assert client.post("/sync/items", json={"name": "ada"}).status_code == 201
+            # visible inside the test's transaction, invisible to everyone else
+            assert test_session.scalar(text("SELECT count(*) FROM items")) == 1
+            assert backend.count() == 0
+    finally:
+        test_session.close()
+        transaction.rollback()
+        outer.close()
+    assert backend.count() == 0
