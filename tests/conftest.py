@@ -63,6 +63,26 @@ class Backend:
             engine.dispose()
 
 
+class PoolWatch:
+    """Count the connections an engine's pool has handed out and not got back (any pool class)."""
+
+    def __init__(self, engine: object) -> None:
+        from sqlalchemy import event
+
+        self.out = 0
+        self.checkouts = 0
+        sync_engine = getattr(engine, "sync_engine", engine)
+        event.listen(sync_engine, "checkout", self._checkout)
+        event.listen(sync_engine, "checkin", self._checkin)
+
+    def _checkout(self, *args: object) -> None:
+        self.out += 1
+        self.checkouts += 1
+
+    def _checkin(self, *args: object) -> None:
+        self.out -= 1
+
+
 def _unreachable(name: str, exc: Exception) -> None:
     message = (
         f"{name} is not reachable ({type(exc).__name__}: {exc}); to run these tests, "
@@ -75,7 +95,9 @@ def _unreachable(name: str, exc: Exception) -> None:
 
 def _server_database(name: str, server_url: URL, worker: str) -> Iterator[URL]:
     database = f"fdbs_{worker}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    admin = create_engine(server_url, poolclass=NullPool).execution_options(
+        isolation_level="AUTOCOMMIT"
+    )
     try:
         with admin.connect() as connection:
             connection.execute(text(f"CREATE DATABASE {database}"))

@@ -17,12 +17,17 @@ from fastapi_dbsession import (
     SessionFinishedError,
 )
 from tests.app import build_app
-from tests.conftest import Backend
+from tests.conftest import Backend, PoolWatch
 
 
 @pytest.fixture
 def db(backend: Backend) -> DatabaseSessionManager:
-    return DatabaseSessionManager(backend.url, async_url=backend.async_url)
+    db = DatabaseSessionManager(backend.url, async_url=backend.async_url)
+    _watches[id(db)] = {"sync": PoolWatch(db.engine), "async": PoolWatch(db.async_engine)}
+    return db
+
+
+_watches: dict[int, dict[str, PoolWatch]] = {}
 
 
 @pytest.fixture
@@ -38,8 +43,7 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 
 def checked_out(db: DatabaseSessionManager, side: str) -> int:
     """Connections the side's pool has handed out and not got back."""
-    engine = db.engine if side == "sync" else db.async_engine.sync_engine
-    return engine.pool.checkedout()  # type: ignore[attr-defined,no-any-return]
+    return _watches[id(db)][side].out
 
 
 def test_success_commits_before_response(
@@ -155,15 +159,11 @@ def test_response_validation_error_rolls_back(
 def test_request_that_never_touches_the_database_checks_out_nothing(
     client: TestClient, db: DatabaseSessionManager, side: str
 ) -> None:
-    engine = db.engine if side == "sync" else db.async_engine.sync_engine
-    connects: list[object] = []
-    from sqlalchemy import event
-
-    event.listen(engine.pool, "checkout", lambda *args: connects.append(args))
+    before = _watches[id(db)][side].checkouts  # the startup check connected once
     response = client.get(f"/{side}/untouched")
 
     assert response.json() == {"in_transaction": False}
-    assert connects == []
+    assert _watches[id(db)][side].checkouts == before
 
 
 def test_returned_response_with_error_status_commits(
@@ -274,7 +274,7 @@ async def test_cancelled_request_rolls_back_and_returns_connection(
         raise AssertionError("a cancelled request sends nothing")
 
     async def wait_for_the_write() -> None:
-        while _holding(db, side) == 0:  # noqa: ASYNC110 - polls the pool, not an event
+        while checked_out(db, side) == 0:  # noqa: ASYNC110 - polls the pool, not an event
             await anyio.sleep(0.02)
 
     with anyio.move_on_after(10) as scope_timeout:
@@ -291,16 +291,12 @@ async def test_cancelled_request_rolls_back_and_returns_connection(
     db.dispose()
 
 
-def _holding(db: DatabaseSessionManager, side: str) -> int:
-    engine = db._engine if side == "sync" else getattr(db._async_engine, "sync_engine", None)
-    return 0 if engine is None else engine.pool.checkedout()  # type: ignore[attr-defined]
-
-
 def test_dependency_override_replaces_the_session(
     app: FastAPI, db: DatabaseSessionManager, backend: Backend
 ) -> None:
     """The seed's testing habit: app.dependency_overrides[db.session] = ..."""
-    outer = db.engine.connect()
+    test_engine = backend.admin_engine()
+    outer = test_engine.connect()
     transaction = outer.begin()
     from sqlalchemy.orm import Session
 
@@ -316,4 +312,5 @@ def test_dependency_override_replaces_the_session(
         test_session.close()
         transaction.rollback()
         outer.close()
+        test_engine.dispose()
     assert backend.count() == 0

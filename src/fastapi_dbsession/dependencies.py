@@ -11,8 +11,11 @@ scope is closed after the response is sent: a failing commit there still gives t
 # No "from __future__ import annotations" here: FastAPI reads these signatures at runtime.
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from anyio import CancelScope
 from fastapi import Depends, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
     from .manager import DatabaseSessionManager
 
 logger = logging.getLogger(__name__)
+
+_S = TypeVar("_S")
 
 CommitPolicy = Literal["commit", "manual", "read_only"]
 COMMIT_POLICIES: tuple[CommitPolicy, ...] = ("commit", "manual", "read_only")
@@ -82,6 +87,44 @@ def _route_policy(connection: HTTPConnection, manager: "DatabaseSessionManager")
     return chosen.get(id(manager), manager.default_commit_policy)
 
 
+@asynccontextmanager
+async def _request_unit(
+    manager: "DatabaseSessionManager",
+    session: _S,
+    *,
+    current: ContextVar[_S | None],
+    finish: Callable[[_S, bool], Awaitable[None]],
+    connection: HTTPConnection,
+    response: Response,
+) -> AsyncIterator[_S]:
+    """The life of one request session, sync or async: make current, decide, finish."""
+    token = current.set(session)
+    try:
+        try:
+            yield session
+        except BaseException:
+            with CancelScope(shield=True):  # a cancelled request still rolls back and closes
+                await finish(session, False)
+            raise
+        commit = should_commit(_route_policy(connection, manager), None, response.status_code)
+        with CancelScope(shield=True):
+            await finish(session, commit)
+        logger.debug("request session %s", "committed" if commit else "rolled back")
+    finally:
+        current.reset(token)
+
+
+async def _finish_in_thread(session: Session, commit: bool) -> None:
+    if has_work(session):
+        await run_in_threadpool(finish_session, session, commit, FINISHED_MESSAGE)
+    else:  # nothing to send: skip the thread hop
+        finish_session(session, commit, FINISHED_MESSAGE)
+
+
+async def _finish_async(session: "AsyncSession", commit: bool) -> None:
+    await afinish_session(session, commit, FINISHED_MESSAGE)
+
+
 def session_dependency(manager: "DatabaseSessionManager") -> Callable[..., Awaitable[Session]]:
     """Build ``db.session``: the request's sync session, finished before the response."""
 
@@ -91,20 +134,18 @@ def session_dependency(manager: "DatabaseSessionManager") -> Callable[..., Await
         gate = manager._sync_capacity_gate()
         if gate is not None and not await gate.acquire(gate.timeout):
             raise PoolTimeoutError(gate.timeout_message)
-        session = manager._session_factory()
-        previous = manager._sync_current.set(session)
         try:
-            commit = False
-            try:
-                yield session
-            except BaseException:
-                await _finish_in_thread(session, commit=False)
-                raise
-            commit = should_commit(_route_policy(connection, manager), None, response.status_code)
-            await _finish_in_thread(session, commit=commit)
-            logger.debug("request session %s", "committed" if commit else "rolled back")
+            session = manager._session_factory()
+            async with _request_unit(
+                manager,
+                session,
+                current=manager._sync_current,
+                finish=_finish_in_thread,
+                connection=connection,
+                response=response,
+            ) as request_session:
+                yield request_session
         finally:
-            manager._sync_current.reset(previous)
             if gate is not None:
                 gate.release()
 
@@ -116,13 +157,6 @@ def session_dependency(manager: "DatabaseSessionManager") -> Callable[..., Await
     return session
 
 
-async def _finish_in_thread(session: Session, *, commit: bool) -> None:
-    if has_work(session):
-        await run_in_threadpool(finish_session, session, commit, FINISHED_MESSAGE)
-    else:  # nothing to send: skip the thread hop
-        finish_session(session, commit, FINISHED_MESSAGE)
-
-
 def async_session_dependency(
     manager: "DatabaseSessionManager",
 ) -> "Callable[..., Awaitable[AsyncSession]]":
@@ -132,18 +166,15 @@ def async_session_dependency(
         connection: HTTPConnection, response: Response
     ) -> AsyncIterator["AsyncSession"]:
         session = manager._async_session_factory()
-        previous = manager._async_current.set(session)
-        try:
-            try:
-                yield session
-            except BaseException:
-                await afinish_session(session, False, FINISHED_MESSAGE)
-                raise
-            commit = should_commit(_route_policy(connection, manager), None, response.status_code)
-            await afinish_session(session, commit, FINISHED_MESSAGE)
-            logger.debug("request async session %s", "committed" if commit else "rolled back")
-        finally:
-            manager._async_current.reset(previous)
+        async with _request_unit(
+            manager,
+            session,
+            current=manager._async_current,
+            finish=_finish_async,
+            connection=connection,
+            response=response,
+        ) as request_session:
+            yield request_session
 
     async def async_session(
         request_session: Any = Depends(request_async_session_scope, scope="function"),

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
 
+from anyio import CancelScope
+
 from ._sessions import afinish_session, finish_session
 
 if TYPE_CHECKING:
@@ -46,8 +48,10 @@ async def async_transaction(manager: DatabaseSessionManager) -> AsyncIterator[As
         try:
             yield session
         except BaseException:
-            await afinish_session(session, False, ENDED_MESSAGE)
+            with CancelScope(shield=True):  # a cancelled task still rolls back and closes
+                await afinish_session(session, False, ENDED_MESSAGE)
             raise
-        await afinish_session(session, True, ENDED_MESSAGE)
+        with CancelScope(shield=True):
+            await afinish_session(session, True, ENDED_MESSAGE)
     finally:
         manager._async_current.reset(token)
