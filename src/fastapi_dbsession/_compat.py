@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import TYPE_CHECKING
 
 from sqlalchemy.pool import NullPool, Pool, QueuePool, StaticPool
@@ -20,12 +19,14 @@ def require_asyncio() -> ModuleType:
     SQLAlchemy 2.1 no longer installs greenlet by default, and its asyncio extension cannot
     run without it, so every async feature goes through here first.
     """
-    if importlib.util.find_spec("greenlet") is None:
+    try:
+        import greenlet  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
         raise MissingDriverError(
             "The async side of fastapi-dbsession needs greenlet, which is not installed "
             "(SQLAlchemy 2.1 no longer installs it by default). Install it with "
             f"{install_hint('greenlet')}."
-        )
+        ) from None
     import sqlalchemy.ext.asyncio
 
     return sqlalchemy.ext.asyncio

@@ -1,0 +1,113 @@
+"""No pool starvation: pool 3+0, 100 concurrent requests through a real uvicorn server.
+
+The known FastAPI trap: a sync endpoint checks out its connection in a worker thread, and its
+response_model is validated in another worker thread. With more requests than connections,
+all 40 workers block in the pool while the requests holding connections wait for a worker:
+only about a fifth succeed before the pool timeout. The request session waits for pool
+capacity on the event loop instead, so every request gets through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+try:
+    import httpx2 as httpx
+except ImportError:  # older Starlette pairs with httpx
+    import httpx  # type: ignore[no-redef]
+
+from sqlalchemy import create_engine, insert
+from sqlalchemy.pool import NullPool
+
+from tests.conftest import Backend
+from tests.models import Item
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def server(backend: Backend) -> Iterator[str]:
+    engine = create_engine(backend.url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(insert(Item), [{"name": f"item-{n}"} for n in range(5)])
+    engine.dispose()
+    port = _free_port()
+    env = {
+        **os.environ,
+        "FDBS_URL": backend.url.render_as_string(hide_password=False),
+        "FDBS_ASYNC_URL": backend.async_url.render_as_string(hide_password=False),
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tests.starvation_app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def _load(url: str, count: int) -> list[int | str]:
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
+        async def one() -> int | str:
+            try:
+                response = await client.get(url)
+            except httpx.HTTPError as exc:
+                return type(exc).__name__
+            return response.status_code
+
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+
+def test_100_concurrent_requests_on_a_pool_of_3_all_succeed(server: str, side: str) -> None:
+    outcomes = asyncio.run(_load(f"{server}/{side}/items", 100))
+
+    assert outcomes.count(200) == 100, outcomes
+    assert httpx.get(f"{server}/pool").json() == {"sync": 0, "async": 0}
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_control_the_hand_written_pattern_starves(server: str) -> None:
+    """Proof that the scenario is the real trap: the seed's get_db() loses most requests."""
+    outcomes = asyncio.run(_load(f"{server}/handwritten/items", 100))
+
+    assert outcomes.count(200) < 100, outcomes
