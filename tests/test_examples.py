@@ -1,0 +1,46 @@
+"""Every example under examples/ runs in the suite, on a real database."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import Backend
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str) -> ModuleType:
+    """Import an example file as a fresh module, pointed at ``database_url``."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    name = f"example_{path.parent.name}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quickstart(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = backend.url.render_as_string(hide_password=False)
+    quickstart = load_example(EXAMPLES / "quickstart" / "app.py", monkeypatch, url)
+
+    with TestClient(quickstart.app) as client:
+        created = client.post("/notes", json={"title": "hello"})
+        duplicate = client.post("/notes", json={"title": "hello"})
+        listed = client.get("/notes")
+        missing = client.get("/notes/999999")
+        quickstart.Base.metadata.drop_all(quickstart.db.engine)
+
+    assert created.status_code == 201
+    assert created.json()["title"] == "hello"
+    assert duplicate.status_code == 409
+    assert [note["title"] for note in listed.json()] == ["hello"]
+    assert missing.status_code == 404
