@@ -3,7 +3,7 @@
 import asyncio
 from typing import Annotated
 
-from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Response
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Response, WebSocket
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -254,5 +254,26 @@ def build_app(db: DatabaseSessionManager) -> FastAPI:
         await run_in_threadpool(lambda: (session.add(Item(name="slow")), session.flush()))
         await asyncio.sleep(30)
         return {"status": "the client must never see this"}
+
+    @app.websocket("/sync/ws")
+    async def websocket(socket: WebSocket, session: SessionDep) -> None:
+        await socket.accept()
+        name = await socket.receive_text()
+        await run_in_threadpool(lambda: (session.add(Item(name=name)), session.flush()))
+        await socket.send_text("saved")
+        if name == "fail":
+            raise RuntimeError("the socket handler failed")
+        await socket.close()
+
+    @app.websocket("/async/ws")
+    async def awebsocket(socket: WebSocket, session: AsyncSessionDep) -> None:
+        await socket.accept()
+        name = await socket.receive_text()
+        session.add(Item(name=name))
+        await session.flush()
+        await socket.send_text("saved")
+        if name == "fail":
+            raise RuntimeError("the socket handler failed")
+        await socket.close()
 
     return app

@@ -314,3 +314,29 @@ def test_dependency_override_replaces_the_session(
         outer.close()
         test_engine.dispose()
     assert backend.count() == 0
+
+
+def test_websocket_session_commits_when_the_handler_returns(
+    client: TestClient, db: DatabaseSessionManager, backend: Backend, side: str
+) -> None:
+    with client.websocket_connect(f"/{side}/ws") as socket:
+        socket.send_text("ada")
+        assert socket.receive_text() == "saved"
+
+    assert backend.names() == ["ada"]
+    assert checked_out(db, side) == 0
+
+
+def test_websocket_session_rolls_back_when_the_handler_fails(
+    client: TestClient, db: DatabaseSessionManager, backend: Backend, side: str
+) -> None:
+    with (
+        pytest.raises(RuntimeError, match="socket handler failed"),
+        client.websocket_connect(f"/{side}/ws") as socket,
+    ):
+        socket.send_text("fail")
+        assert socket.receive_text() == "saved"
+        socket.receive_text()
+
+    assert backend.count() == 0
+    assert checked_out(db, side) == 0

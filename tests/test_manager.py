@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import text
-from sqlalchemy.pool import QueuePool, StaticPool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool, StaticPool
 
 from fastapi_dbsession import (
     ConfigurationError,
@@ -151,8 +151,11 @@ def test_sqlite_defaults(tmp_path: Path) -> None:
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     db.dispose()
 
+    assert isinstance(db.async_engine.pool, AsyncAdaptedQueuePool)  # on every SQLAlchemy 2.x
+
     memory = DatabaseSessionManager("sqlite://")
     assert isinstance(memory.engine.pool, StaticPool)
+    assert isinstance(memory.async_engine.pool, StaticPool)
     memory.dispose()
 
 

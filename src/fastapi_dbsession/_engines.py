@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
 
 from . import _urls
 from .errors import ConfigurationError, MissingDriverError
@@ -62,7 +62,7 @@ def check_options(options: object, *, argument: str) -> dict[str, Any]:
     return checked
 
 
-def engine_options(url: URL, user_options: Mapping[str, Any]) -> dict[str, Any]:
+def engine_options(url: URL, user_options: Mapping[str, Any], *, is_async: bool) -> dict[str, Any]:
     """Merge the safe defaults for ``url``'s backend under the user's options."""
     options: dict[str, Any] = {}
     connect_args: dict[str, Any] = {}
@@ -70,6 +70,8 @@ def engine_options(url: URL, user_options: Mapping[str, Any]) -> dict[str, Any]:
         connect_args["check_same_thread"] = False
         if _urls.is_sqlite_memory(url):
             options["poolclass"] = StaticPool
+        elif is_async:  # SQLAlchemy < 2.0.38 defaulted aiosqlite to NullPool: be consistent
+            options["poolclass"] = AsyncAdaptedQueuePool
     else:
         options["pool_pre_ping"] = True
     options.update(user_options)
@@ -83,7 +85,7 @@ def create(
     """Call ``create_engine`` / ``create_async_engine`` and explain what can go wrong."""
     shown = _urls.render(url)
     try:
-        engine = factory(url, **engine_options(url, user_options))
+        engine = factory(url, **engine_options(url, user_options, is_async=side == "async"))
     except ModuleNotFoundError as exc:
         raise MissingDriverError(
             f"The {side} engine for {shown} needs the Python module {exc.name!r}, which is "

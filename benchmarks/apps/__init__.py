@@ -1,0 +1,1 @@
+"""The benchmark's apps: one module per implementation, all serving the same three endpoints."""
