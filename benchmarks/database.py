@@ -49,7 +49,7 @@ def reachable(server: Server) -> str | None:
 
 @contextmanager
 def bench_database(server: Server) -> Iterator[str]:
-    """Create ``bench_<pid>`` with a seeded ``items`` table; drop it afterwards, whatever happens."""
+    """Create ``bench_<pid>`` with a seeded ``items`` table; drop it afterwards, come what may."""
     name = f"bench_{os.getpid()}"
     with psycopg.connect(server.conninfo(server.admin_database), autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name}")
@@ -77,6 +77,10 @@ class Inspector:
 
     def close(self) -> None:
         self._connection.close()
+
+    def server_version(self) -> str:
+        row = self._connection.execute("SHOW server_version").fetchone()
+        return str(row[0]).split()[0] if row else "?"
 
     def count(self) -> int:
         row = self._connection.execute("SELECT count(*) FROM items").fetchone()

@@ -119,9 +119,7 @@ def versions(python: Path | str) -> dict[str, str]:
         "    except m.PackageNotFoundError: pass\n"
         "print(json.dumps(out))\n"
     )
-    result = subprocess.run(
-        [str(python), "-c", script], capture_output=True, text=True, check=True
-    )
+    result = subprocess.run([str(python), "-c", script], capture_output=True, text=True, check=True)
     return dict(json.loads(result.stdout))
 
 

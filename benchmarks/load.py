@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import statistics
@@ -56,10 +57,8 @@ class Connection:
 
     async def close(self) -> None:
         self._writer.close()
-        try:
+        with contextlib.suppress(OSError):
             await self._writer.wait_closed()
-        except OSError:
-            pass
 
 
 def request_for(endpoint: str, rows: int) -> tuple[str, str, bytes | None]:
@@ -88,7 +87,7 @@ class Tally:
 
 
 async def _worker(
-    port: int, endpoint: str, rows: int, deadline: float, tally: Tally, record_after: float
+    port: int, endpoint: str, *, rows: int, deadline: float, tally: Tally, record_after: float
 ) -> None:
     connection: Connection | None = None
     for _ in range(MAX_REQUESTS):
@@ -121,7 +120,10 @@ async def throughput(port: int, endpoint: str, rows: int, seconds: float, connec
     started = time.perf_counter()
     deadline = started + seconds
     await asyncio.gather(
-        *(_worker(port, endpoint, rows, deadline, tally, started) for _ in range(connections))
+        *(
+            _worker(port, endpoint, rows=rows, deadline=deadline, tally=tally, record_after=started)
+            for _ in range(connections)
+        )
     )
     elapsed = time.perf_counter() - started
     latencies = tally.latencies_us or [0.0]
@@ -137,12 +139,12 @@ async def throughput(port: int, endpoint: str, rows: int, seconds: float, connec
     }
 
 
-async def _one(port: int, path: str, timeout: float, start: asyncio.Event) -> tuple[int, float]:
+async def _one(port: int, path: str, within: float, start: asyncio.Event) -> tuple[int, float]:
     connection = await Connection.open(port)
     await start.wait()
     began = time.perf_counter()
     try:
-        response = await asyncio.wait_for(connection.request("GET", path), timeout)
+        response = await asyncio.wait_for(connection.request("GET", path), within)
         status = response.status
     except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
         status = 0  # no answer within the client's timeout, or the connection broke
@@ -151,10 +153,10 @@ async def _one(port: int, path: str, timeout: float, start: asyncio.Event) -> tu
     return status, time.perf_counter() - began
 
 
-async def burst(port: int, path: str, count: int, timeout: float) -> dict:
+async def burst(port: int, path: str, count: int, within: float) -> dict:
     """Open ``count`` connections, then send one request on each at the same instant."""
     start = asyncio.Event()
-    tasks = [asyncio.create_task(_one(port, path, timeout, start)) for _ in range(count)]
+    tasks = [asyncio.create_task(_one(port, path, within, start)) for _ in range(count)]
     await asyncio.sleep(0.2)  # let every connection be accepted first
     began = time.perf_counter()
     start.set()

@@ -1,4 +1,4 @@
-"""advanced-alchemy, async, as its FastAPI docs wire it: ``AdvancedAlchemy`` + ``provide_session()``.
+"""advanced-alchemy, async, as its FastAPI docs wire it: ``AdvancedAlchemy``, ``provide_session()``.
 
 ``commit_mode="autocommit"`` and ``AsyncSessionConfig(expire_on_commit=False)`` as in its
 example; ``pool_pre_ping=True`` and the shared pool settings through ``EngineConfig``.

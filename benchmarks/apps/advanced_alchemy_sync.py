@@ -1,4 +1,4 @@
-"""advanced-alchemy, sync, as its FastAPI docs wire it: ``AdvancedAlchemy`` + ``provide_session()``.
+"""advanced-alchemy, sync, as its FastAPI docs wire it: ``AdvancedAlchemy``, ``provide_session()``.
 
 ``commit_mode="autocommit"`` (commit on 2xx); ``pool_pre_ping=True`` and the shared pool settings
 through ``EngineConfig``; everything else left at the library's defaults.

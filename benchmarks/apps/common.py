@@ -154,4 +154,3 @@ def add_async_routes(app: FastAPI, session_type: Any, *, commit: bool) -> None:
     @app.get("/items", response_model=list[ItemOut])
     async def list_items(session: session_type) -> Any:
         return (await session.scalars(LIST_QUERY)).all()
-

@@ -1,4 +1,4 @@
-"""fastapi_dbsession, async: ``Depends(db.async_session)`` on postgresql+asyncpg, library defaults."""
+"""fastapi_dbsession, async: ``Depends(db.async_session)`` on postgresql+asyncpg, its defaults."""
 
 from typing import Annotated
 

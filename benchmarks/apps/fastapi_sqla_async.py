@@ -2,7 +2,7 @@
 the lifespan, ``setup_middlewares``, the ``fastapi_sqla.AsyncSession`` dependency (asyncpg).
 
 The middleware commits after the endpoint; ``pool_pre_ping=True`` and the shared pool settings
-go through the environment, which is how fastapi-sqla reads engine options (at setup).
+go through the environment (fastapi-sqla lower-cases the names), read at setup.
 """
 
 import os
@@ -14,9 +14,9 @@ from fastapi import FastAPI
 
 from apps.common import add_async_routes, settings
 
-os.environ["sqlalchemy_url"] = settings.url("asyncpg")
+os.environ["SQLALCHEMY_URL"] = settings.url("asyncpg")
 for option, value in settings.engine_options.items():
-    os.environ[f"sqlalchemy_{option}"] = str(value).lower()
+    os.environ[f"SQLALCHEMY_{option.upper()}"] = str(value).lower()
 
 
 @asynccontextmanager

@@ -2,7 +2,7 @@
 lifespan, ``setup_middlewares`` and the ``fastapi_sqla.Session`` dependency (postgresql+psycopg).
 
 The middleware commits after the endpoint; ``pool_pre_ping=True`` and the shared pool settings
-go through the environment, which is how fastapi-sqla reads engine options (at setup).
+go through the environment (fastapi-sqla lower-cases the names), read at setup.
 """
 
 import os
@@ -14,9 +14,9 @@ from fastapi import FastAPI
 
 from apps.common import add_sync_routes, settings
 
-os.environ["sqlalchemy_url"] = settings.url("psycopg")
+os.environ["SQLALCHEMY_URL"] = settings.url("psycopg")
 for option, value in settings.engine_options.items():
-    os.environ[f"sqlalchemy_{option}"] = str(value).lower()
+    os.environ[f"SQLALCHEMY_{option.upper()}"] = str(value).lower()
 
 
 @asynccontextmanager
