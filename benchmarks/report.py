@@ -16,6 +16,14 @@ STACK += ("uvloop", "httptools")
 LIBRARIES = ("fastapi-dbsession", "fastapi-sqla", "advanced-alchemy", "fastapi-async-sqlalchemy")
 
 
+def one_line(text: object, limit: int = 160) -> str:
+    """Squeeze a problem (maybe a traceback) into one table cell."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    flat = " / ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else "".join(lines)
+    flat = flat.replace("|", "/")
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 def _valid(run: dict[str, Any]) -> bool:
     return run.get("problem") is None and "rps" in run
 
@@ -120,7 +128,7 @@ def _throughput_tables(results: dict[str, Any]) -> list[str]:
                     )
                 name = f"**INVALID** {label}" if c["invalid"] else label
                 if c["invalid"]:
-                    notes.insert(0, f"INVALID: {c['problem']}")
+                    notes.insert(0, f"INVALID: {one_line(c['problem'])}")
                 lines.append(
                     f"| {endpoint} | {name} | {_fmt(c['rps'], 0)} | {_ratio(c['rps_ratio'])} "
                     f"| {_fmt(c['p50_ms'])} | {_ratio(c['p50_ms_ratio'])} | {_fmt(c['p99_ms'])} "
@@ -193,10 +201,8 @@ def _starvation(results: dict[str, Any]) -> list[str]:
     for impl, burst in results["starvation"].items():
         info = meta["impls"][impl]
         if burst.get("problem"):
-            lines.append(
-                f"| **INVALID** {info['label']} | {info['side']} | - | {burst['problem']} "
-                "| - | - | - | - |"
-            )
+            problem = one_line(burst["problem"])
+            lines.append(f"| **INVALID** {info['label']} | {info['side']} | - | {problem} |||||")
             continue
         others = {k: v for k, v in burst["statuses"].items() if k != "200"}
         shown = ", ".join(f"{v}x {'no answer' if k == '0' else k}" for k, v in others.items())
@@ -213,7 +219,7 @@ def _cpu(results: dict[str, Any]) -> list[str]:
     if not cpu:
         return []
     if cpu.get("problem"):
-        return [f"**INVALID**: {cpu['problem']}", ""]
+        return [f"**INVALID**: {one_line(cpu['problem'], 400)}", ""]
     runs = cpu["runs"]
     lines = [
         f"{cpu['rounds']} rounds x {cpu['requests']} sequential requests per endpoint, raw ASGI "

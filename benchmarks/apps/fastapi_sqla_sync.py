@@ -15,8 +15,9 @@ from fastapi import FastAPI
 from apps.common import add_sync_routes, settings
 
 os.environ["SQLALCHEMY_URL"] = settings.url("psycopg")
-for option, value in settings.engine_options.items():
-    os.environ[f"SQLALCHEMY_{option.upper()}"] = str(value).lower()
+for option, value in settings.engine_options.items():  # it parses pool_timeout as an int
+    text = f"{value:g}" if isinstance(value, float) else str(value).lower()
+    os.environ[f"SQLALCHEMY_{option.upper()}"] = text
 
 
 @asynccontextmanager
