@@ -2,30 +2,44 @@
 
 import logging
 
+from .decorators import transactional
 from .dependencies import CommitPolicy
 from .errors import (
     ConcurrentSessionUseError,
     ConfigurationError,
+    ConnectionDeadlockError,
     DatabaseUnavailableError,
     DBSessionError,
+    DBSessionWarning,
     MissingDriverError,
     NoActiveSessionError,
+    NoActiveTransactionError,
     PoolTimeoutError,
     SessionFinishedError,
+    TransactionExistsError,
+    UnexpectedRollbackError,
 )
 from .manager import DatabaseSessionManager
+from .propagation import Propagation
 
 __all__ = [
     "CommitPolicy",
     "ConcurrentSessionUseError",
     "ConfigurationError",
+    "ConnectionDeadlockError",
     "DBSessionError",
+    "DBSessionWarning",
     "DatabaseSessionManager",
     "DatabaseUnavailableError",
     "MissingDriverError",
     "NoActiveSessionError",
+    "NoActiveTransactionError",
     "PoolTimeoutError",
+    "Propagation",
     "SessionFinishedError",
+    "TransactionExistsError",
+    "UnexpectedRollbackError",
+    "transactional",
 ]
 
 __version__ = "0.1.0.dev0"

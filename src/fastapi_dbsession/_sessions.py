@@ -31,6 +31,20 @@ if TYPE_CHECKING:
 FINISHED = "fastapi_dbsession.finished"
 """``session.info`` key: set to a message once a request session has ended."""
 
+FINISHED_MESSAGE = (
+    "This request session was already closed: its request transaction ended before the "
+    "response was sent (committed or rolled back). Code that runs later, such as a "
+    "BackgroundTask or a StreamingResponse body, must open its own unit of work: "
+    '"with db.transaction() as session:" (or "async with db.async_transaction() as session:").'
+)
+
+ENDED_MESSAGE = (
+    "This session belonged to a db.transaction() block or @transactional call that has ended "
+    "(committed or rolled back, then closed). Keep using the session only inside its unit of "
+    'work, or open a new one: "with db.transaction() as session:" / "async with '
+    'db.async_transaction() as session:".'
+)
+
 _S = TypeVar("_S", bound=Session)
 _A = TypeVar("_A", bound="AsyncSession")
 
@@ -111,40 +125,11 @@ def guarded_async_session_class(base: type[_A]) -> type[_A]:
 
 
 def has_work(session: Session) -> bool:
-    """Tell whether finishing ``session`` needs any I/O at all."""
+    """Tell whether ending ``session``'s transaction needs any I/O at all."""
     return session.in_transaction() or bool(session.new or session.dirty or session.deleted)
 
 
-def finish_session(session: Session, commit: bool, finished_message: str) -> None:
-    """Commit (if asked and there is work) or roll back ``session``, then close it for good.
-
-    After this, any use of ``session`` that would begin a transaction raises
-    ``SessionFinishedError(finished_message)``.
-    """
-    try:
-        if commit and has_work(session):
-            session.commit()
-        elif session.in_transaction():
-            session.rollback()
-    finally:
-        session.info[FINISHED] = finished_message
-        session.close()
-
-
-async def afinish_session(session: AsyncSession, commit: bool, finished_message: str) -> None:
-    """Async twin of :func:`finish_session`."""
-    await _wait_until_idle(session)
-    try:
-        if commit and has_work(session.sync_session):
-            await session.commit()
-        elif session.in_transaction():
-            await session.rollback()
-    finally:
-        session.sync_session.info[FINISHED] = finished_message
-        await session.close()
-
-
-async def _wait_until_idle(session: AsyncSession) -> None:
+async def wait_until_idle(session: AsyncSession) -> None:
     """Wait until no other task is inside an operation on ``session``.
 
     After ``asyncio.gather`` fails on a shared session, the other task may still be running a

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
-from ._sessions import afinish_session, finish_session, has_work
+from ._sessions import has_work
+from ._units import Frame, Root, adrive, async_frames, drive, finish_root, sync_frames
 from .errors import ConfigurationError, PoolTimeoutError
 
 if TYPE_CHECKING:
@@ -37,13 +38,6 @@ CommitPolicy = Literal["commit", "manual", "read_only"]
 COMMIT_POLICIES: tuple[CommitPolicy, ...] = ("commit", "manual", "read_only")
 
 _SCOPE_KEY = "fastapi_dbsession.commit_policy"
-
-FINISHED_MESSAGE = (
-    "This request session was already closed: its request transaction ended before the "
-    "response was sent (committed or rolled back). Code that runs later, such as a "
-    "BackgroundTask or a StreamingResponse body, must open its own unit of work: "
-    '"with db.transaction() as session:" (or "async with db.async_transaction() as session:").'
-)
 
 
 def check_policy(policy: object, *, argument: str) -> CommitPolicy:
@@ -92,37 +86,45 @@ async def _request_unit(
     manager: "DatabaseSessionManager",
     session: _S,
     *,
-    current: ContextVar[_S | None],
-    finish: Callable[[_S, bool], Awaitable[None]],
+    frames: ContextVar[Frame | None],
+    finish: Callable[[Frame, bool], Awaitable[None]],
     connection: HTTPConnection,
     response: Response,
 ) -> AsyncIterator[_S]:
     """The life of one request session, sync or async: make current, decide, finish."""
-    token = current.set(session)
+    frame = Frame(
+        manager=manager,
+        root=Root(session=session, owns_session=True, is_request=True),
+        parent=frames.get(),
+    )
+    token = frames.set(frame)
     try:
         try:
             yield session
         except BaseException:
             with CancelScope(shield=True):  # a cancelled request still rolls back and closes
-                await finish(session, False)
+                await finish(frame, False)
             raise
         commit = should_commit(_route_policy(connection, manager), None, response.status_code)
         with CancelScope(shield=True):
-            await finish(session, commit)
+            await finish(frame, commit)
         logger.debug("request session %s", "committed" if commit else "rolled back")
     finally:
-        current.reset(token)
+        frames.reset(token)
 
 
-async def _finish_in_thread(session: Session, commit: bool) -> None:
-    if has_work(session):
-        await run_in_threadpool(finish_session, session, commit, FINISHED_MESSAGE)
-    else:  # nothing to send: skip the thread hop
-        finish_session(session, commit, FINISHED_MESSAGE)
+async def _finish_in_thread(frame: Frame, commit: bool) -> None:
+    assert frame.root is not None
+    flow = finish_root(frame.root, frame, commit=commit)
+    if has_work(frame.root.session) or frame.on_commit or frame.on_rollback:
+        await run_in_threadpool(drive, flow)
+    else:  # nothing to send and no hooks: skip the thread hop
+        drive(flow)
 
 
-async def _finish_async(session: "AsyncSession", commit: bool) -> None:
-    await afinish_session(session, commit, FINISHED_MESSAGE)
+async def _finish_async(frame: Frame, commit: bool) -> None:
+    assert frame.root is not None
+    await adrive(finish_root(frame.root, frame, commit=commit))
 
 
 def session_dependency(manager: "DatabaseSessionManager") -> Callable[..., Awaitable[Session]]:
@@ -139,7 +141,7 @@ def session_dependency(manager: "DatabaseSessionManager") -> Callable[..., Await
             async with _request_unit(
                 manager,
                 session,
-                current=manager._sync_current,
+                frames=sync_frames,
                 finish=_finish_in_thread,
                 connection=connection,
                 response=response,
@@ -169,7 +171,7 @@ def async_session_dependency(
         async with _request_unit(
             manager,
             session,
-            current=manager._async_current,
+            frames=async_frames,
             finish=_finish_async,
             connection=connection,
             response=response,

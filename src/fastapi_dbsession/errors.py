@@ -11,7 +11,13 @@ DBSessionError
 ├── PoolTimeoutError(DBSessionError, TimeoutError)        no connection became free in time
 ├── SessionFinishedError(DBSessionError, RuntimeError)    request session used after it ended
 ├── ConcurrentSessionUseError(DBSessionError, RuntimeError)  one AsyncSession, two tasks
-└── NoActiveSessionError(DBSessionError, RuntimeError)    nothing in scope
+├── NoActiveTransactionError(DBSessionError, RuntimeError)  nothing in scope (MANDATORY, ...)
+│   (also importable as NoActiveSessionError)
+├── TransactionExistsError(DBSessionError, RuntimeError)  NEVER / durable=True inside one
+├── UnexpectedRollbackError(DBSessionError, RuntimeError)  commit of a rollback-only transaction
+└── ConnectionDeadlockError(DBSessionError, RuntimeError)  REQUIRES_NEW with no connection left
+
+DBSessionWarning(UserWarning)                              misuse that still works
 ```
 """
 
@@ -20,12 +26,17 @@ from __future__ import annotations
 __all__ = [
     "ConcurrentSessionUseError",
     "ConfigurationError",
+    "ConnectionDeadlockError",
     "DBSessionError",
+    "DBSessionWarning",
     "DatabaseUnavailableError",
     "MissingDriverError",
     "NoActiveSessionError",
+    "NoActiveTransactionError",
     "PoolTimeoutError",
     "SessionFinishedError",
+    "TransactionExistsError",
+    "UnexpectedRollbackError",
 ]
 
 
@@ -60,5 +71,29 @@ class ConcurrentSessionUseError(DBSessionError, RuntimeError):
     """Two tasks used one ``AsyncSession`` at the same time."""
 
 
-class NoActiveSessionError(DBSessionError, RuntimeError):
+class NoActiveTransactionError(DBSessionError, RuntimeError):
     """No request session or transaction is active in the current context."""
+
+
+NoActiveSessionError = NoActiveTransactionError
+"""Alias of :class:`NoActiveTransactionError`, raised by ``db.current_session()``."""
+
+
+class TransactionExistsError(DBSessionError, RuntimeError):
+    """A unit that must run outside any transaction (NEVER, ``durable=True``) runs inside one."""
+
+
+class UnexpectedRollbackError(DBSessionError, RuntimeError):
+    """The transaction was marked rollback-only by a failed inner unit, so it rolled back.
+
+    Spring's ``UnexpectedRollbackException``: an inner ``REQUIRED`` unit raised, its caller
+    swallowed the exception, and the outer unit tried to commit.
+    """
+
+
+class ConnectionDeadlockError(DBSessionError, RuntimeError):
+    """A ``REQUIRES_NEW`` unit needs a connection its own context already holds the last of."""
+
+
+class DBSessionWarning(UserWarning):
+    """Misuse that still works, such as an option the database cannot enforce."""

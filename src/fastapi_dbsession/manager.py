@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Engine
@@ -19,8 +18,11 @@ from starlette.requests import HTTPConnection
 from . import _compat, _engines, _urls, dependencies, transactions
 from ._capacity import CapacityGate
 from ._sessions import guarded_async_session_class, guarded_session_class
+from ._units import Frame, active_frame, async_frames, innermost_session, sync_frames
+from .decorators import P, R, TransactionalDecorator, decorate, make_options
 from .dependencies import CommitPolicy
-from .errors import ConfigurationError, DatabaseUnavailableError, NoActiveSessionError
+from .errors import ConfigurationError, DatabaseUnavailableError, NoActiveTransactionError
+from .propagation import Propagation
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -134,12 +136,6 @@ class DatabaseSessionManager:
         self._async_factory: async_sessionmaker[AsyncSession] | None = None
         self._gate: CapacityGate | None = _NO_GATE
         self._policy_dependencies: dict[str, Callable[[HTTPConnection], Awaitable[None]]] = {}
-        self._sync_current: ContextVar[Session | None] = ContextVar(
-            f"fastapi_dbsession.session.{id(self)}", default=None
-        )
-        self._async_current: ContextVar[AsyncSession | None] = ContextVar(
-            f"fastapi_dbsession.async_session.{id(self)}", default=None
-        )
 
         self.session: Callable[..., Awaitable[Session]] = dependencies.session_dependency(self)
         """Dependency giving the request's sync ``Session``: ``Depends(db.session)``."""
@@ -347,57 +343,225 @@ class DatabaseSessionManager:
             self._gate = gate
         return gate
 
-    def transaction(self) -> AbstractContextManager[Session]:
-        """Open a unit of work outside a request: commit on success, roll back on error.
+    def _new_session(self, *, is_async: bool) -> Any:
+        return self._async_session_factory() if is_async else self._session_factory()
 
-        The session is closed when the block ends; using it afterwards raises
-        ``SessionFinishedError``.
+    def _autocommit_session(self, *, is_async: bool) -> Any:
+        """A session whose every statement commits at once: units without a transaction."""
+        if is_async:
+            bind: Any = self.async_engine.execution_options(isolation_level="AUTOCOMMIT")
+            return self._async_session_factory(bind=bind)
+        return self._session_factory(
+            bind=self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+
+    def _dialect_name(self, *, is_async: bool) -> str:
+        engine = self.async_engine if is_async else self.engine
+        return engine.dialect.name
+
+    def _pool_capacity(self, *, is_async: bool) -> int | None:
+        engine = self.async_engine.sync_engine if is_async else self.engine
+        return _compat.pool_capacity(engine.pool)
+
+    def transaction(
+        self,
+        *,
+        propagation: Propagation = Propagation.REQUIRED,
+        isolation_level: str | None = None,
+        read_only: bool = False,
+        timeout: float | None = None,
+        durable: bool = False,
+        rollback_on: Sequence[type[BaseException]] = (),
+        no_rollback_on: Sequence[type[BaseException]] = (),
+    ) -> AbstractContextManager[Session]:
+        """Run a ``with`` block as a unit of work: commit at the end, roll back on error.
+
+        With the default ``Propagation.REQUIRED`` it joins the transaction active in the
+        context (the request's, or an enclosing unit's), else opens a new session. The
+        options mean what they mean for ``@transactional``. A session opened here is closed
+        when the block ends; using it afterwards raises ``SessionFinishedError``.
+
+        Raises:
+            NoActiveTransactionError: ``MANDATORY`` with nothing active.
+            TransactionExistsError: ``NEVER`` or ``durable=True`` inside a transaction.
+            UnexpectedRollbackError: An inner unit failed and doomed this transaction.
 
         Example:
             >>> with db.transaction() as session:
             ...     session.add(User(name="ada"))
         """
-        return transactions.transaction(self)
+        options = make_options(
+            propagation=propagation,
+            isolation_level=isolation_level,
+            read_only=read_only,
+            timeout=timeout,
+            durable=durable,
+            retries=0,
+            retry_on_lock_timeout=False,
+            rollback_on=rollback_on,
+            no_rollback_on=no_rollback_on,
+        )
+        return transactions.transaction(self, options)
 
-    def async_transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
+    def async_transaction(
+        self,
+        *,
+        propagation: Propagation = Propagation.REQUIRED,
+        isolation_level: str | None = None,
+        read_only: bool = False,
+        timeout: float | None = None,
+        durable: bool = False,
+        rollback_on: Sequence[type[BaseException]] = (),
+        no_rollback_on: Sequence[type[BaseException]] = (),
+    ) -> AbstractAsyncContextManager[AsyncSession]:
         """Async twin of :meth:`transaction`.
 
         Example:
             >>> async with db.async_transaction() as session:
             ...     session.add(User(name="ada"))
         """
-        return transactions.async_transaction(self)
+        options = make_options(
+            propagation=propagation,
+            isolation_level=isolation_level,
+            read_only=read_only,
+            timeout=timeout,
+            durable=durable,
+            retries=0,
+            retry_on_lock_timeout=False,
+            rollback_on=rollback_on,
+            no_rollback_on=no_rollback_on,
+        )
+        return transactions.async_transaction(self, options)
+
+    @overload
+    def transactional(self, func: Callable[P, R], /) -> Callable[P, R]: ...
+    @overload
+    def transactional(
+        self,
+        /,
+        *,
+        propagation: Propagation = ...,
+        isolation_level: str | None = ...,
+        read_only: bool = ...,
+        timeout: float | None = ...,
+        durable: bool = ...,
+        retries: int = ...,
+        retry_on_lock_timeout: bool = ...,
+        rollback_on: Sequence[type[BaseException]] = ...,
+        no_rollback_on: Sequence[type[BaseException]] = ...,
+    ) -> TransactionalDecorator: ...
+    def transactional(
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        propagation: Propagation = Propagation.REQUIRED,
+        isolation_level: str | None = None,
+        read_only: bool = False,
+        timeout: float | None = None,
+        durable: bool = False,
+        retries: int = 0,
+        retry_on_lock_timeout: bool = False,
+        rollback_on: Sequence[type[BaseException]] = (),
+        no_rollback_on: Sequence[type[BaseException]] = (),
+    ) -> Any:
+        """``@transactional`` bound to this manager: opens a session when none is active.
+
+        For workers, scripts and CLIs, where no request session exists. Same options as
+        :func:`fastapi_dbsession.transactional`.
+
+        Example:
+            >>> @db.transactional(read_only=True)
+            ... def report(session: Session) -> Report: ...
+        """
+        options = make_options(
+            propagation=propagation,
+            isolation_level=isolation_level,
+            read_only=read_only,
+            timeout=timeout,
+            durable=durable,
+            retries=retries,
+            retry_on_lock_timeout=retry_on_lock_timeout,
+            rollback_on=rollback_on,
+            no_rollback_on=no_rollback_on,
+        )
+        if func is not None:
+            return decorate(func, self, options)
+        return lambda decorated: decorate(decorated, self, options)
 
     def current_session(self) -> Session:
-        """Return the sync session of the current request or ``db.transaction()`` block.
+        """Return the sync session of the current request or unit of work.
 
         Raises:
-            NoActiveSessionError: Nothing is active in this context.
+            NoActiveTransactionError: Nothing is active in this context.
+
+        Example:
+            >>> with db.transaction():
+            ...     db.current_session().add(User(name="ada"))
         """
-        session = self._sync_current.get()
+        session = innermost_session(sync_frames, self)
         if session is None:
-            raise NoActiveSessionError(
+            raise NoActiveTransactionError(
                 "db.current_session() found no session. This code runs outside a request that "
-                "depends on db.session and outside db.transaction() (a thread? a background "
-                'task?). Open one with "with db.transaction() as session:".'
+                "depends on db.session and outside db.transaction() / @transactional (a "
+                'thread? a background task?). Open one with "with db.transaction() as '
+                'session:" or decorate the function with @db.transactional.'
             )
-        return session
+        return session  # type: ignore[no-any-return]
 
     def current_async_session(self) -> AsyncSession:
-        """Return the AsyncSession of the current request or ``db.async_transaction()`` block.
+        """Return the AsyncSession of the current request or unit of work.
 
         Raises:
-            NoActiveSessionError: Nothing is active in this context.
+            NoActiveTransactionError: Nothing is active in this context.
         """
-        session = self._async_current.get()
+        session = innermost_session(async_frames, self)
         if session is None:
-            raise NoActiveSessionError(
+            raise NoActiveTransactionError(
                 "db.current_async_session() found no session. This code runs outside a request "
-                "that depends on db.async_session and outside db.async_transaction() (a task "
-                'started with create_task? a background task?). Open one with "async with '
-                'db.async_transaction() as session:".'
+                "that depends on db.async_session and outside db.async_transaction() / "
+                "@transactional (a task started with create_task? a background task?). Open "
+                'one with "async with db.async_transaction() as session:" or decorate the '
+                "function with @db.transactional."
             )
-        return session
+        return session  # type: ignore[no-any-return]
+
+    def on_commit(self, callback: Callable[[], object], *, robust: bool = True) -> None:
+        """Run ``callback`` after the outermost transaction of this context really commits.
+
+        Registered inside a savepoint (``NESTED``), it is discarded if the savepoint rolls
+        back. Sync or async callbacks. Inside a request, callbacks run after the commit and
+        before the response is sent.
+
+        Args:
+            callback: A function of no arguments; an ``async def`` one is awaited.
+            robust: Log a failing callback and go on (default); False lets it propagate.
+
+        Raises:
+            NoActiveTransactionError: No transaction is active in this context.
+
+        Example:
+            >>> db.on_commit(lambda: send_welcome_email(user.email))
+        """
+        self._hooks_frame("on_commit").on_commit.append((callback, robust))
+
+    def on_rollback(self, callback: Callable[[], object], *, robust: bool = True) -> None:
+        """Run ``callback`` after the transaction of this context rolls back.
+
+        Registered inside a savepoint, it runs when that savepoint rolls back. See
+        :meth:`on_commit` for the arguments.
+        """
+        self._hooks_frame("on_rollback").on_rollback.append((callback, robust))
+
+    def _hooks_frame(self, name: str) -> Frame:
+        frame = active_frame(sync_frames, self) or active_frame(async_frames, self)
+        if frame is None:
+            raise NoActiveTransactionError(
+                f"db.{name}() needs an active transaction to attach the callback to, and none "
+                "is active here. Call it inside a request that depends on db.session, inside "
+                "db.transaction() or a @transactional function."
+            )
+        return frame.hooks_frame
 
     def commit_policy(self, policy: CommitPolicy) -> Callable[[HTTPConnection], Awaitable[None]]:
         """Return a route dependency that sets the commit policy of that route's session.

@@ -1,57 +1,48 @@
-"""Run units of work outside requests: ``db.transaction()`` and ``db.async_transaction()``."""
+"""Open units of work outside requests: ``db.transaction()`` and ``db.async_transaction()``.
+
+Thin shells: the decisions live in ``_units.unit_flow``; these only hand its session to the
+``with`` block and report how the block ended.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from anyio import CancelScope
 
-from ._sessions import afinish_session, finish_session
+from ._units import UnitOptions, adrive, async_frames, drive, sync_frames, unit_flow
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
-    from sqlalchemy.orm import Session
-
     from .manager import DatabaseSessionManager
-
-ENDED_MESSAGE = (
-    "This session belonged to a db.transaction() block that has ended (committed or rolled "
-    "back, then closed). Keep using the session only inside its block, or open a new one: "
-    '"with db.transaction() as session:" / "async with db.async_transaction() as session:".'
-)
 
 
 @contextmanager
-def transaction(manager: DatabaseSessionManager) -> Iterator[Session]:
-    """Open a session; commit when the block ends, roll back on any exception, always close."""
-    session = manager._session_factory()
-    token = manager._sync_current.set(session)
+def transaction(manager: DatabaseSessionManager, options: UnitOptions) -> Iterator[Any]:
+    """Run the ``with`` block as a unit of work (see ``DatabaseSessionManager.transaction``)."""
+    flow = unit_flow(manager, sync_frames, options, is_async=False)
+    session = drive(flow)
     try:
-        try:
-            yield session
-        except BaseException:
-            finish_session(session, False, ENDED_MESSAGE)
-            raise
-        finish_session(session, True, ENDED_MESSAGE)
-    finally:
-        manager._sync_current.reset(token)
+        yield session
+    except BaseException as error:
+        drive(flow, error=error)  # rolls back (or marks rollback-only), then re-raises
+        raise
+    drive(flow)
 
 
 @asynccontextmanager
-async def async_transaction(manager: DatabaseSessionManager) -> AsyncIterator[AsyncSession]:
+async def async_transaction(
+    manager: DatabaseSessionManager, options: UnitOptions
+) -> AsyncIterator[Any]:
     """Async twin of :func:`transaction`."""
-    session = manager._async_session_factory()
-    token = manager._async_current.set(session)
+    flow = unit_flow(manager, async_frames, options, is_async=True)
+    session = await adrive(flow)
     try:
-        try:
-            yield session
-        except BaseException:
-            with CancelScope(shield=True):  # a cancelled task still rolls back and closes
-                await afinish_session(session, False, ENDED_MESSAGE)
-            raise
-        with CancelScope(shield=True):
-            await afinish_session(session, True, ENDED_MESSAGE)
-    finally:
-        manager._async_current.reset(token)
+        yield session
+    except BaseException as error:
+        with CancelScope(shield=True):  # a cancelled task still rolls back and closes
+            await adrive(flow, error=error)
+        raise
+    with CancelScope(shield=True):
+        await adrive(flow)

@@ -1,0 +1,306 @@
+"""Make a function a unit of work: ``@transactional`` and ``@db.transactional``."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import itertools
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
+
+from typing_extensions import ParamSpec
+
+from ._units import UnitOptions, adrive, async_frames, drive, sync_frames, unit_flow
+from .errors import ConfigurationError
+from .propagation import Propagation, retry_delay
+
+if TYPE_CHECKING:
+    from .manager import DatabaseSessionManager
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_SESSION_ANNOTATION = re.compile(r"\b(Async)?Session\b")
+
+
+class TransactionalDecorator(Protocol):
+    """What ``transactional(...)`` returns: a decorator that keeps the signature."""
+
+    def __call__(self, func: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def transactional(func: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def transactional(
+    *,
+    propagation: Propagation = ...,
+    isolation_level: str | None = ...,
+    read_only: bool = ...,
+    timeout: float | None = ...,
+    durable: bool = ...,
+    retries: int = ...,
+    retry_on_lock_timeout: bool = ...,
+    rollback_on: Sequence[type[BaseException]] = ...,
+    no_rollback_on: Sequence[type[BaseException]] = ...,
+) -> TransactionalDecorator: ...
+def transactional(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    propagation: Propagation = Propagation.REQUIRED,
+    isolation_level: str | None = None,
+    read_only: bool = False,
+    timeout: float | None = None,
+    durable: bool = False,
+    retries: int = 0,
+    retry_on_lock_timeout: bool = False,
+    rollback_on: Sequence[type[BaseException]] = (),
+    no_rollback_on: Sequence[type[BaseException]] = (),
+) -> Any:
+    """Run the decorated function (``def`` or ``async def``) as a unit of work.
+
+    The session is the argument named ``session`` (or the first one annotated as a
+    ``Session`` / ``AsyncSession``). When the caller passes it, the unit works on it; when the
+    caller omits it, the unit uses the session of its context (the request's, or the enclosing
+    transaction's) and passes it in. The bare form never opens a session of its own: with
+    nothing active, it raises ``NoActiveTransactionError``; ``@db.transactional`` opens one.
+
+    Args:
+        func: The function, when used bare (``@transactional``).
+        propagation: How the unit relates to an active transaction (default REQUIRED).
+        isolation_level: E.g. ``"SERIALIZABLE"``; applied when the transaction begins.
+        read_only: Enforced by the database where it can be (PostgreSQL, MariaDB/MySQL) and
+            always rolled back at the end.
+        timeout: Statement timeout in seconds for the transaction (PostgreSQL, MariaDB/MySQL).
+        durable: The unit must be the outermost transaction (raises inside another).
+        retries: Re-run the whole function up to this many times when it fails with a
+            serialization failure or a deadlock, with jittered exponential backoff. Only at
+            the outermost boundary.
+        retry_on_lock_timeout: Also retry MySQL/MariaDB lock wait timeouts (error 1205).
+        rollback_on: Exception types that roll back even if ``no_rollback_on`` matches a base.
+        no_rollback_on: Exception types that commit (then propagate) instead of rolling back.
+
+    Raises:
+        ConfigurationError: Bad options, or a generator function.
+
+    Example:
+        >>> @transactional(propagation=Propagation.NESTED)
+        ... def add_line(session: Session, order: Order, sku: str) -> None:
+        ...     session.add(OrderLine(order=order, sku=sku))
+    """
+    options = make_options(
+        propagation=propagation,
+        isolation_level=isolation_level,
+        read_only=read_only,
+        timeout=timeout,
+        durable=durable,
+        retries=retries,
+        retry_on_lock_timeout=retry_on_lock_timeout,
+        rollback_on=rollback_on,
+        no_rollback_on=no_rollback_on,
+    )
+    if func is not None:
+        return decorate(func, None, options)
+    return lambda decorated: decorate(decorated, None, options)
+
+
+def make_options(
+    *,
+    propagation: Propagation,
+    isolation_level: str | None,
+    read_only: bool,
+    timeout: float | None,
+    durable: bool,
+    retries: int,
+    retry_on_lock_timeout: bool,
+    rollback_on: Sequence[type[BaseException]],
+    no_rollback_on: Sequence[type[BaseException]],
+) -> UnitOptions:
+    """Check the options of a unit of work and bundle them."""
+    if not isinstance(propagation, Propagation):
+        raise ConfigurationError(
+            f"propagation={propagation!r} is not a Propagation. Use e.g. "
+            "propagation=Propagation.REQUIRES_NEW (from fastapi_dbsession import Propagation)."
+        )
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ConfigurationError(f"retries={retries!r} must be a whole number >= 0.")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise ConfigurationError(f"timeout={timeout!r} must be a number of seconds > 0.")
+    for name, types in (("rollback_on", rollback_on), ("no_rollback_on", no_rollback_on)):
+        if isinstance(types, type) or not all(
+            isinstance(kind, type) and issubclass(kind, BaseException) for kind in types
+        ):
+            raise ConfigurationError(
+                f"{name} must be a tuple of exception classes, e.g. {name}=(PaymentDeclined,)."
+            )
+    return UnitOptions(
+        propagation=propagation,
+        isolation_level=isolation_level,
+        read_only=read_only,
+        timeout=timeout,
+        durable=durable,
+        retries=retries,
+        retry_on_lock_timeout=retry_on_lock_timeout,
+        rollback_on=tuple(rollback_on),
+        no_rollback_on=tuple(no_rollback_on),
+    )
+
+
+def decorate(
+    func: Callable[P, R], manager: DatabaseSessionManager | None, options: UnitOptions
+) -> Callable[P, R]:
+    """Wrap ``func`` in a unit of work; sync vs async is decided here, once."""
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        raise ConfigurationError(
+            f"@transactional cannot wrap the generator function {func.__qualname__}: its "
+            "transaction would end before the generator runs. Open the unit of work inside "
+            'it with "with db.transaction() as session:" instead.'
+        )
+    is_async = inspect.iscoroutinefunction(func)
+    argument = _SessionArgument(func, is_async=is_async)
+
+    if is_async:
+
+        @functools.wraps(func)
+        async def async_unit(*args: Any, **kwargs: Any) -> Any:
+            passed = argument.passed(args, kwargs)
+            for attempt in itertools.count(1):
+                flow = unit_flow(
+                    manager, async_frames, options, passed_session=passed, is_async=True
+                )
+                session = await adrive(flow)
+                outcome: BaseException | None = None
+                try:
+                    result = await func(*args, **argument.fill(kwargs, passed, session))  # type: ignore[misc]
+                except BaseException as error:
+                    outcome = error
+                try:
+                    await adrive(flow, error=outcome)
+                except BaseException as final:
+                    delay = retry_delay(final, attempt, options)
+                    if delay is None:
+                        raise
+                    await asyncio.sleep(delay)
+                    continue
+                return result
+            raise AssertionError("unreachable")
+
+        return async_unit  # type: ignore[return-value]
+
+    @functools.wraps(func)
+    def unit(*args: Any, **kwargs: Any) -> Any:
+        passed = argument.passed(args, kwargs)
+        for attempt in itertools.count(1):
+            flow = unit_flow(manager, sync_frames, options, passed_session=passed, is_async=False)
+            session = drive(flow)
+            outcome: BaseException | None = None
+            try:
+                result = func(*args, **argument.fill(kwargs, passed, session))
+            except BaseException as error:
+                outcome = error
+            try:
+                drive(flow, error=outcome)
+            except BaseException as final:
+                delay = retry_delay(final, attempt, options)
+                if delay is None:
+                    raise
+                time.sleep(delay)
+                continue
+            return result
+        raise AssertionError("unreachable")
+
+    return unit
+
+
+class _SessionArgument:
+    """Where a decorated function takes its session, found once at decoration."""
+
+    __slots__ = ("func", "index", "is_async", "name")
+
+    def __init__(self, func: Callable[..., Any], *, is_async: bool) -> None:
+        self.func = func
+        self.is_async = is_async
+        self.name, self.index = _session_parameter(func)
+
+    def passed(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
+        """The session the caller passed, or None."""
+        if self.name is None:
+            return None
+        if self.name in kwargs:
+            value = kwargs[self.name]
+        else:
+            value = args[self.index] if self.index < len(args) else None
+        if value is None or _is_dependency_marker(value):
+            return None  # a Depends(...) default: an endpoint called directly
+        if _is_async_session(value) != self.is_async:
+            raise ConfigurationError(_kind_mismatch(self.func, is_async=self.is_async))
+        return value
+
+    def fill(self, kwargs: dict[str, Any], passed: object, session: object) -> dict[str, Any]:
+        """The keyword arguments, with the unit's session added when the caller gave none."""
+        if self.name is None or passed is not None:
+            return kwargs
+        return {**kwargs, self.name: session}
+
+
+def _kind_mismatch(func: Callable[..., Any], *, is_async: bool) -> str:
+    if is_async:
+        return (
+            f"{func.__qualname__} is an async function but was given a sync Session. Give it "
+            "an AsyncSession (Depends(db.async_session), db.async_transaction()) or make it a "
+            "plain def."
+        )
+    return (
+        f"{func.__qualname__} is a sync function but was given an AsyncSession. Give it a "
+        "Session (Depends(db.session), db.transaction()) or make it an async def."
+    )
+
+
+def _session_parameter(func: Callable[..., Any]) -> tuple[str | None, int]:
+    """Find the session parameter: named ``session``, else the first annotated as one."""
+    parameters = list(inspect.signature(func).parameters.values())
+    for index, parameter in enumerate(parameters):
+        if parameter.name == "session":
+            return _usable(func, parameter, index)
+    for index, parameter in enumerate(parameters):
+        annotation = parameter.annotation
+        shown = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+        if isinstance(annotation, type) and _is_session_class(annotation):
+            return _usable(func, parameter, index)
+        if isinstance(shown, str) and _SESSION_ANNOTATION.search(shown):
+            return _usable(func, parameter, index)
+    return None, -1
+
+
+def _usable(func: Callable[..., Any], parameter: inspect.Parameter, index: int) -> tuple[str, int]:
+    if parameter.kind is inspect.Parameter.POSITIONAL_ONLY:
+        raise ConfigurationError(
+            f"{func.__qualname__}: the session parameter {parameter.name!r} is positional-only, "
+            "so @transactional cannot pass the current session to it. Drop the '/'."
+        )
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+        return parameter.name, 1 << 30  # never positional
+    return parameter.name, index
+
+
+def _is_session_class(annotation: type) -> bool:
+    from sqlalchemy.orm import Session
+
+    return issubclass(annotation, Session) or any(
+        base.__name__ == "AsyncSession" and base.__module__.startswith("sqlalchemy.ext.asyncio")
+        for base in annotation.__mro__
+    )
+
+
+def _is_async_session(value: object) -> bool:
+    return hasattr(value, "sync_session")
+
+
+def _is_dependency_marker(value: object) -> bool:
+    from fastapi import params
+
+    return isinstance(value, params.Depends)

@@ -1,0 +1,222 @@
+"""Decide what a unit of work does: propagation, rollback rules, retryable errors; no I/O."""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import ConfigurationError, NoActiveTransactionError, TransactionExistsError
+
+
+class Propagation(enum.Enum):
+    """How a unit of work relates to the transaction already active in its context.
+
+    The names and meanings are Spring's ``@Transactional(propagation=...)``.
+    """
+
+    REQUIRED = "required"
+    """Join the active transaction, or start one (the default)."""
+    REQUIRES_NEW = "requires_new"
+    """Always start an independent transaction on its own session and connection."""
+    NESTED = "nested"
+    """A SAVEPOINT inside the active transaction, or a new transaction when there is none."""
+    MANDATORY = "mandatory"
+    """Join the active transaction; raise ``NoActiveTransactionError`` when there is none."""
+    NEVER = "never"
+    """Run without a transaction; raise ``TransactionExistsError`` when one is active."""
+    SUPPORTS = "supports"
+    """Join the active transaction, or run without one."""
+    NOT_SUPPORTED = "not_supported"
+    """Run without a transaction, suspending the active one for the duration."""
+
+
+class Action(enum.Enum):
+    """What the unit of work will do; the output of :func:`plan_unit_of_work`."""
+
+    JOIN = "join"  # take part in the active transaction
+    SAVEPOINT = "savepoint"  # SAVEPOINT inside the active transaction
+    BEGIN = "begin"  # a new transaction on a new session (suspending any active one)
+    ADOPT = "adopt"  # own the active request session's transaction: it has not begun yet
+    NONE = "none"  # no transaction: a session in autocommit mode
+
+
+@dataclass(frozen=True, slots=True)
+class Active:
+    """What the planner needs to know about the transaction active in the context."""
+
+    untouched: bool
+    """The transaction has not begun: no connection, nothing pending (a fresh request session)."""
+    adoptable: bool
+    """It is a request session, which a retrying outermost unit may take over."""
+
+
+def plan_unit_of_work(
+    propagation: Propagation,
+    active: Active | None,
+    *,
+    durable: bool = False,
+    retries: int = 0,
+    can_begin: bool = True,
+) -> Action:
+    """Decide what a unit of work does, given what is active in its context.
+
+    Args:
+        propagation: The unit's propagation.
+        active: The active transaction of the same manager, or None.
+        durable: The unit must be the outermost transaction (Django's ``durable=True``).
+        retries: How many times the unit re-runs on serialization failures.
+        can_begin: Whether a new session can be opened (False for the bare ``@transactional``,
+            which has no manager).
+
+    Raises:
+        NoActiveTransactionError: MANDATORY with nothing active, or nothing to join and no
+            manager to begin with.
+        TransactionExistsError: NEVER, or ``durable=True``, inside an active transaction.
+        ConfigurationError: ``retries`` on a unit that would not be the outermost boundary.
+    """
+    if propagation is Propagation.REQUIRES_NEW:
+        action = Action.BEGIN
+    elif propagation is Propagation.NOT_SUPPORTED:
+        action = Action.NONE
+    elif active is None:
+        if propagation is Propagation.MANDATORY:
+            raise NoActiveTransactionError(
+                "Propagation.MANDATORY requires an active transaction, and none is active here. "
+                "Call this from inside a request that depends on db.session, a db.transaction() "
+                "block or another @transactional function, or use Propagation.REQUIRED."
+            )
+        action = (
+            Action.NONE
+            if propagation in (Propagation.NEVER, Propagation.SUPPORTS)
+            else Action.BEGIN
+        )
+    elif propagation is Propagation.NEVER:
+        raise TransactionExistsError(
+            "Propagation.NEVER must run outside any transaction, but one is active here. Call "
+            "it outside db.transaction() / @transactional code, or use Propagation.NOT_SUPPORTED "
+            "to suspend the active transaction."
+        )
+    elif propagation is Propagation.NESTED:
+        action = Action.SAVEPOINT
+    else:  # REQUIRED, MANDATORY, SUPPORTS
+        action = Action.JOIN
+
+    if durable and active is not None and action is not Action.BEGIN:
+        raise TransactionExistsError(
+            "durable=True: this unit must be the outermost transaction, so that its commit is "
+            "final, but it runs inside another transaction. Call it outside any transaction, or "
+            "drop durable=True."
+        )
+    if retries and action in (Action.JOIN, Action.SAVEPOINT):
+        assert active is not None
+        if active.adoptable and active.untouched:
+            return Action.ADOPT
+        raise ConfigurationError(
+            f"retries={retries} re-runs the whole unit of work, so it only works at the "
+            "outermost transaction boundary, but this unit joins a transaction that is already "
+            "running. Put retries= on the outermost @transactional, or use "
+            "propagation=Propagation.REQUIRES_NEW."
+        )
+    if action is Action.BEGIN and not can_begin:
+        raise NoActiveTransactionError(
+            "The bare @transactional found no session: none was passed as an argument and no "
+            "request session or transaction is active in this context. Pass the session "
+            "(f(session=...)), call it inside a request or db.transaction(), or decorate it "
+            "with @db.transactional, which opens one."
+        )
+    return action
+
+
+def should_roll_back(
+    error: BaseException,
+    rollback_on: Sequence[type[BaseException]] = (),
+    no_rollback_on: Sequence[type[BaseException]] = (),
+) -> bool:
+    """Decide whether ``error`` rolls the unit back: Spring's rollback rules.
+
+    Every exception rolls back unless it matches ``no_rollback_on``; when both lists match,
+    the rule naming the closest class in the error's MRO wins (a tie rolls back). Exceptions
+    that are not ``Exception`` (cancellation, KeyboardInterrupt) always roll back.
+    """
+    if not isinstance(error, Exception) or not no_rollback_on:
+        return True
+    keep = _distance(error, no_rollback_on)
+    if keep is None:
+        return True
+    undo = _distance(error, rollback_on)
+    return undo is not None and undo <= keep
+
+
+def _distance(error: BaseException, types: Sequence[type[BaseException]]) -> int | None:
+    mro = type(error).__mro__
+    depths = [mro.index(kind) for kind in types if kind in mro]
+    return min(depths) if depths else None
+
+
+# SQLSTATEs (PostgreSQL) and error numbers (MySQL/MariaDB) worth re-running a unit for.
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+_MYSQL_DEADLOCK = 1213
+_MYSQL_LOCK_WAIT_TIMEOUT = 1205
+
+
+def is_retryable(error: BaseException, *, lock_timeouts: bool = False) -> bool:
+    """Tell whether ``error`` is a serialization failure or a deadlock.
+
+    Reads the SQLSTATE or error number, not the class: asyncpg's serialization failure
+    reaches SQLAlchemy as a generic ``DBAPIError``.
+
+    Args:
+        error: The exception raised by the unit of work.
+        lock_timeouts: Also retry MySQL/MariaDB lock wait timeouts (1205).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for candidate in (current, getattr(current, "orig", None)):
+            if candidate is None:
+                continue
+            state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+            if state in _RETRYABLE_SQLSTATES:
+                return True
+            args = getattr(candidate, "args", ())
+            if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+                if args[0] == _MYSQL_DEADLOCK:
+                    return True
+                if lock_timeouts and args[0] == _MYSQL_LOCK_WAIT_TIMEOUT:
+                    return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def backoff_delay(attempt: int, *, base: float = 0.02, cap: float = 1.0) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based): jittered exponential."""
+    ceiling: float = min(cap, base * (2 ** (attempt - 1)))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def retry_delay(error: BaseException, attempt: int, options: RetryOptions) -> float | None:
+    """Seconds to wait before re-running a unit that failed with ``error``, or None to give up.
+
+    Args:
+        error: What the attempt raised (after its transaction was rolled back).
+        attempt: The attempt that failed, 1-based.
+        options: The unit's ``retries`` and ``retry_on_lock_timeout``.
+    """
+    if attempt > options.retries:
+        return None
+    if not is_retryable(error, lock_timeouts=options.retry_on_lock_timeout):
+        return None
+    return backoff_delay(attempt)
+
+
+class RetryOptions(Protocol):
+    """The part of a unit's options that retrying reads."""
+
+    @property
+    def retries(self) -> int: ...
+    @property
+    def retry_on_lock_timeout(self) -> bool: ...
