@@ -37,6 +37,21 @@ class Ticket(Base):
     item_id: Mapped[int]
 
 
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner: Mapped[str] = mapped_column(String(50), unique=True)
+    balance: Mapped[int]
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message: Mapped[str] = mapped_column(String(200))
+
+
 class Hero(SQLModel, table=True):
     """A SQLModel table, for session_class=sqlmodel.Session."""
 

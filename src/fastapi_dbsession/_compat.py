@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.pool import NullPool, Pool, QueuePool, StaticPool
@@ -50,3 +53,25 @@ def pool_timeout(pool: Pool) -> float:
     """Return the pool's checkout timeout in seconds (30, SQLAlchemy's default, if unknown)."""
     timeout = getattr(pool, "_timeout", 30.0)
     return float(timeout) if isinstance(timeout, int | float) else 30.0
+
+
+_OUR_FILES = str(Path(__file__).resolve().parent)
+_PLUMBING = ("contextlib.py", "functools.py")
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """Warn at the user's line: the first caller outside this package and contextlib."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and (
+        frame.f_code.co_filename.startswith(_OUR_FILES)
+        or frame.f_code.co_filename.endswith(_PLUMBING)
+    ):
+        frame = frame.f_back
+    warnings.warn_explicit(
+        message,
+        category,
+        frame.f_code.co_filename,
+        frame.f_lineno,
+        module=frame.f_globals.get("__name__"),
+        registry=frame.f_globals.setdefault("__warningregistry__", {}),
+    )

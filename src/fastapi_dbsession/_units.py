@@ -19,8 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
+from ._compat import warn
 from ._sessions import ENDED_MESSAGE, FINISHED, FINISHED_MESSAGE, has_work, wait_until_idle
-from .errors import ConfigurationError, ConnectionDeadlockError, UnexpectedRollbackError
+from .errors import (
+    ConfigurationError,
+    ConnectionDeadlockError,
+    DBSessionWarning,
+    UnexpectedRollbackError,
+)
 from .propagation import Action, Active, Propagation, plan_unit_of_work, should_roll_back
 
 if TYPE_CHECKING:
@@ -248,15 +254,10 @@ def _apply_options(
             statements.append(f"SET SESSION max_statement_time = {milliseconds / 1000:.3f}")
             root.reset_sql = "SET SESSION max_statement_time = DEFAULT"
         else:
-            import warnings
-
-            from .errors import DBSessionWarning
-
-            warnings.warn(
+            warn(
                 f"timeout={options.timeout} is not enforced on {dialect}: it has no statement "
                 "timeout. It is enforced on PostgreSQL and MariaDB/MySQL.",
                 DBSessionWarning,
-                stacklevel=6,
             )
     yield ("connection", root.session, execution_options)
     for statement in statements:
