@@ -352,7 +352,7 @@ def throughput_scenario(
                     entry = correctness[impl.id]
                     entry["problems"] += [f"round {round_number}: {p}" for p in problems]
                     entry["notes"] = sorted(set(entry["notes"]) | set(notes))
-                    for endpoint in ENDPOINTS:
+                    for endpoint in ENDPOINTS if options.warmup else ():
                         run_load(options, port, endpoint, options.warmup)
                     for endpoint in ENDPOINTS:
                         runs[impl.id][endpoint].append(measure(options, port, endpoint, inspector))
@@ -494,7 +494,7 @@ def make_options(args: argparse.Namespace) -> Options:
         impls=[impl for impl in IMPLS if impl.id in ids],
         rounds=args.rounds or (1 if quick else 5),
         seconds=args.seconds or (1 if quick else 5),
-        warmup=0.5 if quick else 1.0,
+        warmup=0.0 if quick else 1.0,
         connections=args.connections,
         loader=loader,
         scenarios=tuple(s.strip() for s in args.scenarios.split(",") if s.strip()),
