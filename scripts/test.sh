@@ -57,6 +57,8 @@ log "ruff format --check"
 .venv/bin/ruff format --check src tests examples
 log "mypy --strict src"
 .venv/bin/mypy --strict src
+log "mypy --strict tests/typing (documented usage keeps its types)"
+.venv/bin/mypy --strict tests/typing
 
 log "pytest (newest versions) with coverage"
 run_pytest .venv/bin/python -m pytest --cov --cov-report=term "$@"

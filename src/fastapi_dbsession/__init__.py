@@ -2,7 +2,7 @@
 
 import logging
 
-from .decorators import transactional
+from .decorators import CURRENT_SESSION, transactional
 from .dependencies import CommitPolicy
 from .errors import (
     ConcurrentSessionUseError,
@@ -23,6 +23,7 @@ from .manager import DatabaseSessionManager
 from .propagation import Propagation
 
 __all__ = [
+    "CURRENT_SESSION",
     "CommitPolicy",
     "ConcurrentSessionUseError",
     "ConfigurationError",

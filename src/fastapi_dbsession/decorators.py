@@ -26,6 +26,21 @@ R = TypeVar("R")
 _SESSION_ANNOTATION = re.compile(r"\b(Async)?Session\b")
 
 
+class _CurrentSession:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "CURRENT_SESSION"
+
+
+CURRENT_SESSION: Any = _CurrentSession()
+"""Default for a ``@transactional`` function's session parameter: "use the current one".
+
+With ``def report(session: Session = CURRENT_SESSION)``, type checkers accept calls that
+omit the session, and the decorator passes the session of the context in.
+"""
+
+
 class TransactionalDecorator(Protocol):
     """What ``transactional(...)`` returns: a decorator that keeps the signature."""
 
@@ -234,8 +249,8 @@ class _SessionArgument:
             value = kwargs[self.name]
         else:
             value = args[self.index] if self.index < len(args) else None
-        if value is None or _is_dependency_marker(value):
-            return None  # a Depends(...) default: an endpoint called directly
+        if value is None or value is CURRENT_SESSION or _is_dependency_marker(value):
+            return None  # the default: the unit passes the session of its context
         if _is_async_session(value) != self.is_async:
             raise ConfigurationError(_kind_mismatch(self.func, is_async=self.is_async))
         return value
