@@ -44,3 +44,22 @@ def test_quickstart(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     assert duplicate.status_code == 409
     assert [note["title"] for note in listed.json()] == ["hello"]
     assert missing.status_code == 404
+
+
+def test_service_layer(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = backend.url.render_as_string(hide_password=False)
+    example = load_example(EXAMPLES / "service_layer" / "app.py", monkeypatch, url)
+
+    with TestClient(example.app) as client:
+        ok = client.post("/transfers", json={"source": "ada", "target": "bob", "amount": 30})
+        refused = client.post("/transfers", json={"source": "bob", "target": "ada", "amount": 99})
+        accounts = client.get("/accounts").json()
+        audit = client.get("/audit").json()
+        example.Base.metadata.drop_all(example.db.engine)
+
+    assert ok.status_code == 200
+    assert ok.json() == {"balance": 70}
+    assert refused.status_code == 409
+    assert accounts == {"ada": 70, "bob": 30}  # the refused transfer left nothing behind
+    assert len(audit) == 2  # ...but its audit entry (REQUIRES_NEW) survived
+    assert example.OUTBOX == ["to ada: you sent 30 to bob"]  # only the committed transfer
