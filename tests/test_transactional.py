@@ -323,6 +323,21 @@ def test_on_commit_runs_after_the_outermost_commit_only(units: SyncUnits, backen
     assert backend.names() == ["inner", "outer"]
 
 
+def test_async_callback_of_a_sync_unit_outside_any_loop_runs(
+    db: DatabaseSessionManager, backend: Backend
+) -> None:
+    calls: list[str] = []
+
+    async def notify() -> None:
+        calls.append("ran")
+
+    with db.transaction() as session:
+        SyncUnits(db).add_item(session, "ada")
+        db.on_commit(notify)
+    db.dispose()
+    assert calls == ["ran"]
+
+
 def test_async_on_commit_callbacks_are_awaited(backend: Backend) -> None:
     db = DatabaseSessionManager(backend.url, async_url=backend.async_url)
     calls: list[str] = []

@@ -90,12 +90,22 @@ def app(db: DatabaseSessionManager, backend: Backend, events: list[str]) -> Fast
     def service(session: Session = Depends(db.session)) -> dict[str, object]:
         joined = add_item(name="via-service")  # no session passed: the request's is used
         db.on_commit(lambda: events.append(f"hook:{_count(backend)}"))
+
+        async def on_the_loop() -> None:  # an async callback from a sync endpoint
+            events.append(f"async-hook-on-loop:{_on_event_loop()}")
+
+        db.on_commit(on_the_loop)
         return {"same": joined is session, "thread": threading.current_thread().name}
 
     @app.post("/async/service", status_code=201)
     async def aservice(session: AsyncSession = Depends(db.async_session)) -> dict[str, object]:
         joined = await aadd_item(name="via-service")
         db.on_commit(lambda: events.append(f"hook:{_count(backend)}"))
+
+        async def on_the_loop() -> None:
+            events.append(f"async-hook-on-loop:{_on_event_loop()}")
+
+        db.on_commit(on_the_loop)
         return {"same": joined is session, "thread": threading.current_thread().name}
 
     @app.post("/sync/swallowed")
@@ -176,6 +186,14 @@ def _count(backend: Backend) -> int:
     return backend.count()
 
 
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app) as client:
@@ -190,7 +208,8 @@ def test_service_joins_the_request_session_and_hooks_run_before_the_response(
     assert response.status_code == 201
     assert response.json()["same"] is True
     assert backend.names() == ["via-service"]
-    assert events == ["hook:1", "response"]  # after the commit, before the response
+    # after the commit, before the response; the async callback awaited on the event loop
+    assert events == ["hook:1", "async-hook-on-loop:True", "response"]
 
 
 def test_sync_endpoints_run_in_a_worker_thread_async_ones_on_the_loop(

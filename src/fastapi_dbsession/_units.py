@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from anyio import from_thread
 from sqlalchemy import text
 
 from ._compat import warn
@@ -419,14 +420,19 @@ async def adrive(flow: Flow, value: object = None, error: BaseException | None =
 
 def _call_from_sync(hook: Hook) -> object:
     result = hook()
-    if inspect.isawaitable(result):
-        try:
-            from anyio.from_thread import run as run_on_loop
+    if not inspect.isawaitable(result):
+        return result
+    if _in_worker_thread():  # FastAPI's threadpool: run it on the request's event loop
+        return from_thread.run(lambda: result)  # type: ignore[arg-type,return-value]
+    return asyncio.run(result)  # type: ignore[arg-type]
 
-            return run_on_loop(lambda: result)  # type: ignore[arg-type,return-value]
-        except RuntimeError:  # not in a worker thread of an event loop
-            return asyncio.run(result)  # type: ignore[arg-type]
-    return result
+
+def _in_worker_thread() -> bool:
+    try:
+        from_thread.check_cancelled()
+    except RuntimeError:  # not a thread started by an event loop's to_thread
+        return False
+    return True
 
 
 async def _call_from_async(hook: Hook) -> object:
