@@ -41,6 +41,24 @@ async def alist_items(session: AsyncSession = Depends(db.async_session)) -> list
     return list(await session.scalars(select(Item).order_by(Item.id).limit(5)))
 
 
+@app.post("/sync/slow", status_code=201)
+def slow(name: str, session: Session = Depends(db.session)) -> dict[str, str]:
+    session.add(Item(name=name))
+    session.flush()
+    time.sleep(0.5)  # the client has given up and disconnected by now
+    return {"status": "done"}
+
+
+@app.post("/async/slow", status_code=201)
+async def aslow(name: str, session: AsyncSession = Depends(db.async_session)) -> dict[str, str]:
+    import asyncio
+
+    session.add(Item(name=name))
+    await session.flush()
+    await asyncio.sleep(0.5)
+    return {"status": "done"}
+
+
 @app.get("/pool")
 def pool_status() -> dict[str, int]:
     return {

@@ -340,3 +340,32 @@ def test_websocket_session_rolls_back_when_the_handler_fails(
 
     assert backend.count() == 0
     assert checked_out(db, side) == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_async_dependency_override_replaces_the_session(
+    app: FastAPI, db: DatabaseSessionManager, backend: Backend, anyio_backend: str
+) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    try:
+        import httpx2 as httpx
+    except ImportError:  # pragma: no cover - older Starlette pairs with httpx
+        import httpx  # type: ignore[no-redef]
+
+    test_engine = create_async_engine(backend.async_url)
+    async with test_engine.connect() as outer:
+        transaction = await outer.begin()
+        test_session = AsyncSession(bind=outer, join_transaction_mode="create_savepoint")
+        app.dependency_overrides[db.async_session] = lambda: test_session
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.post("/async/items", json={"name": "ada"})
+        assert response.status_code == 201
+        assert await test_session.scalar(text("SELECT count(*) FROM items")) == 1
+        assert backend.count() == 0
+        await test_session.close()
+        await transaction.rollback()
+    await test_engine.dispose()
+    assert backend.count() == 0

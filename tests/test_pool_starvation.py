@@ -111,3 +111,14 @@ def test_control_the_hand_written_pattern_starves(server: str) -> None:
     outcomes = asyncio.run(_load(f"{server}/handwritten/items", 100))
 
     assert outcomes.count(200) < 100, outcomes
+
+
+def test_client_disconnect_returns_the_connection(server: str, side: str, backend: Backend) -> None:
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server}/{side}/slow", params={"name": "gone"}, timeout=0.1)
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{server}/pool").json() != {"sync": 0, "async": 0}:
+        assert time.monotonic() < deadline, "the connection never came back to the pool"
+        time.sleep(0.05)
+    # The endpoint finished normally, so its work was committed: a disconnect is not an error.
+    assert "gone" in backend.names()

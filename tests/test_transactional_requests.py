@@ -303,3 +303,25 @@ def test_concurrent_requests_never_see_each_others_session(app: FastAPI, side: s
         return [response.json()["same"] for response in responses]
 
     assert asyncio.run(load()) == [True] * 50
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_retries_recognise_serialization_failures_from_each_sync_driver(
+    backend: Backend, driver: str
+) -> None:
+    db = DatabaseSessionManager(backend.url.set(drivername=f"postgresql+{driver}"))
+    attempts: list[int] = []
+
+    @db.transactional(retries=2)
+    def unit(session: Session) -> None:
+        attempts.append(len(attempts) + 1)
+        session.add(Item(name=f"{driver}-{len(attempts)}"))
+        session.flush()
+        if len(attempts) == 1:
+            session.execute(text(RETRYABLE_FAILURE["postgresql"]))
+
+    unit()
+    db.dispose()
+    assert attempts == [1, 2]
+    assert backend.names() == [f"{driver}-2"]
