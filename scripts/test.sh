@@ -59,6 +59,8 @@ log "mypy --strict src"
 .venv/bin/mypy --strict src
 log "mypy --strict tests/typing (documented usage keeps its types)"
 .venv/bin/mypy --strict tests/typing
+log "mkdocs build --strict (the documentation site: links, anchors, includes, API reference)"
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
 
 log "pytest (newest versions) with coverage"
 run_pytest .venv/bin/python -m pytest --cov --cov-report=term "$@"
