@@ -26,7 +26,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import load  # noqa: E402
 
-ENDPOINTS = ("read", "write", "list")
+ENDPOINTS = ("read", "write", "list", "noop")
 SEED_ROWS = 1000
 MODULES = {
     "handwritten-sync": "handwritten_sync",
@@ -84,13 +84,19 @@ async def call(app: App, method: str, path: str, body: bytes | None) -> int:
     return status
 
 
+def request_for(endpoint: str) -> tuple[str, str, bytes | None]:
+    if endpoint == "noop":
+        return "GET", "/noop", None
+    return load.request_for(endpoint, SEED_ROWS)
+
+
 async def batch(app: App, endpoint: str, count: int) -> tuple[float, float, int]:
     """``count`` sequential requests: (CPU µs per request, wall µs per request, non-2xx)."""
     gc.collect()
     bad = 0
     cpu_started, wall_started = time.process_time_ns(), time.perf_counter_ns()
     for _ in range(count):
-        method, path, body = load.request_for(endpoint, SEED_ROWS)
+        method, path, body = request_for(endpoint)
         status = await call(app, method, path, body)
         if not 200 <= status < 300:
             bad += 1
@@ -158,7 +164,7 @@ async def profile(apps: dict[str, App], requests: int, directory: Path) -> dict[
         profiler.start()
         for endpoint in ENDPOINTS:
             for _ in range(requests):
-                method, path, body = load.request_for(endpoint, SEED_ROWS)
+                method, path, body = request_for(endpoint)
                 await call(app, method, path, body)
         profiler.stop()
         out[impl_id] = save_profile(profiler, impl_id, requests * len(ENDPOINTS), directory)
@@ -189,9 +195,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         for app in apps.values():  # warm up: connections, statement caches, compiled paths
             for endpoint in ENDPOINTS:
                 await batch(app, endpoint, max(20, args.requests // 10))
-        for _ in range(args.rounds):
+        for round_number in range(args.rounds):
             vacuum()
-            for name, app in apps.items():
+            order = list(apps.items())
+            if round_number % 2:  # alternate the order: no app always runs first
+                order.reverse()
+            for name, app in order:
                 for endpoint in ENDPOINTS:
                     cpu, wall, bad = await batch(app, endpoint, args.requests)
                     runs[name][endpoint].append({"cpu_us": cpu, "wall_us": wall, "bad": bad})
@@ -203,9 +212,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--impls", required=True)
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--profile-requests", type=int, default=4000)
+    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--profile-requests", type=int, default=1500)
     parser.add_argument("--profile-dir", required=True)
     args = parser.parse_args()
     random.seed(7)

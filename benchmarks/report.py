@@ -225,7 +225,8 @@ def _cpu(results: dict[str, Any]) -> list[str]:
         f"{cpu['rounds']} rounds x {cpu['requests']} sequential requests per endpoint, raw ASGI "
         "calls in one process against PostgreSQL (no HTTP, no network). CPU = process time "
         "(all threads) per request; overhead = median over rounds of (ours - hand-written) in "
-        "the same round, [min, max].",
+        "the same round, [min, max]. `noop` takes the session and never uses it: the session "
+        "machinery alone, without a round trip.",
         "",
         "| side | endpoint | hand-written CPU µs | fastapi_dbsession CPU µs | overhead µs "
         "| overhead % | wall µs hand-written / ours |",
@@ -235,7 +236,9 @@ def _cpu(results: dict[str, Any]) -> list[str]:
         ours, base = f"dbsession-{side}", f"handwritten-{side}"
         if ours not in runs or base not in runs:
             continue
-        for endpoint in ENDPOINTS:
+        for endpoint in (*ENDPOINTS, "noop"):
+            if endpoint not in runs[ours]:
+                continue
             pairs = list(zip(runs[ours][endpoint], runs[base][endpoint], strict=False))
             diffs = [o["cpu_us"] - b["cpu_us"] for o, b in pairs]
             base_cpu = _median([b["cpu_us"] for _, b in pairs])

@@ -424,7 +424,7 @@ def cpu_scenario(options: Options, server: Any, database: str, results: dict[str
         f"--requests={options.cpu_requests}",
         f"--rounds={options.cpu_rounds}",
         f"--profile-dir={options.results}",
-        f"--profile-requests={options.cpu_requests if options.quick else 2000}",
+        f"--profile-requests={options.cpu_requests if options.quick else 1500}",
     ]
     completed = subprocess.run(
         command,
@@ -499,8 +499,8 @@ def make_options(args: argparse.Namespace) -> Options:
         loader=loader,
         scenarios=tuple(s.strip() for s in args.scenarios.split(",") if s.strip()),
         starvation_timeout=2.0 if quick else 5.0,
-        cpu_requests=args.cpu_requests or (100 if quick else 2000),
-        cpu_rounds=1 if quick else 7,
+        cpu_requests=args.cpu_requests or (100 if quick else 600),
+        cpu_rounds=1 if quick else 15,
         results=results.resolve(),
         strict=args.strict,
         update_readme=args.update_readme,

@@ -2,6 +2,8 @@
 
 Every SQLAlchemy app adds its routes through ``add_sync_routes`` / ``add_async_routes``, so the
 endpoint code is identical by construction; an app only decides how the session arrives.
+``GET /noop`` takes a session and never uses it: the in-process scenario times the session
+machinery alone with it (no database round trip, so little noise).
 Imports only FastAPI, pydantic and SQLAlchemy: the peers' venvs have nothing else of ours.
 """
 
@@ -130,6 +132,10 @@ def add_sync_routes(app: FastAPI, session_type: Any, *, commit: bool) -> None:
     def list_items(session: session_type) -> Any:
         return session.scalars(LIST_QUERY).all()
 
+    @app.get("/noop")
+    def noop(session: session_type) -> dict[str, bool]:  # the session machinery alone
+        return {"ok": True}
+
 
 def add_async_routes(app: FastAPI, session_type: Any, *, commit: bool) -> None:
     """Async twin of :func:`add_sync_routes`."""
@@ -154,3 +160,7 @@ def add_async_routes(app: FastAPI, session_type: Any, *, commit: bool) -> None:
     @app.get("/items", response_model=list[ItemOut])
     async def list_items(session: session_type) -> Any:
         return (await session.scalars(LIST_QUERY)).all()
+
+    @app.get("/noop")
+    async def noop(session: session_type) -> dict[str, bool]:  # the session machinery alone
+        return {"ok": True}
