@@ -193,12 +193,12 @@ def _enter(
     parent = frames.get()
     if action is Action.NONE:
         assert manager is not None
-        session = manager._autocommit_session(is_async=is_async)
+        session = yield ("new_session", manager, True)
         return Frame(manager=manager, root=None, parent=parent, plain_session=session)
     if action is Action.BEGIN:
         assert manager is not None
         _check_second_connection(manager, frames, is_async=is_async)
-        session = manager._new_session(is_async=is_async)
+        session = yield ("new_session", manager, False)
         root = Root(session=session, owns_session=True)
         yield from _apply_options(root, options, manager)
         return Frame(manager=manager, root=root, parent=parent)
@@ -238,6 +238,8 @@ def _apply_options(
     if not options.starts_transaction:
         return
     assert manager is not None
+    if manager._binding is not None:
+        return  # inside a test's outer transaction these cannot apply (documented)
     dialect = manager._dialect_name(is_async=hasattr(root.session, "sync_session"))
     execution_options: dict[str, object] = {}
     if options.isolation_level is not None:
@@ -453,6 +455,7 @@ async def _finish_async(session: Any, is_request: bool) -> None:
 
 
 _SYNC_STEPS: dict[str, Callable[..., Any]] = {
+    "new_session": lambda manager, autocommit: manager._new_session(autocommit=autocommit),
     "connection": lambda session, options: session.connection(execution_options=options),
     "execute": lambda session, sql: session.execute(text(sql)),
     "begin_nested": lambda session: session.begin_nested(),
@@ -465,6 +468,7 @@ _SYNC_STEPS: dict[str, Callable[..., Any]] = {
 }
 
 _ASYNC_STEPS: dict[str, Callable[..., Any]] = {
+    "new_session": lambda manager, autocommit: manager._anew_session(autocommit=autocommit),
     "connection": lambda session, options: session.connection(execution_options=options),
     "execute": lambda session, sql: session.execute(text(sql)),
     "begin_nested": lambda session: session.begin_nested(),

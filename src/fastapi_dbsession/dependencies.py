@@ -137,7 +137,7 @@ def session_dependency(manager: "DatabaseSessionManager") -> Callable[..., Await
         if gate is not None and not await gate.acquire(gate.timeout):
             raise PoolTimeoutError(gate.timeout_message)
         try:
-            session = manager._session_factory()
+            session = manager._new_session()
             async with _request_unit(
                 manager,
                 session,
@@ -167,7 +167,7 @@ def async_session_dependency(
     async def request_async_session_scope(
         connection: HTTPConnection, response: Response
     ) -> AsyncIterator["AsyncSession"]:
-        session = manager._async_session_factory()
+        session = await manager._anew_session()
         async with _request_unit(
             manager,
             session,

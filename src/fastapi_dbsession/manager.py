@@ -27,6 +27,8 @@ from .propagation import Propagation
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+    from .testing._binding import TestBinding
+
 logger = logging.getLogger(__name__)
 
 _UNSET: Any = object()
@@ -135,6 +137,7 @@ class DatabaseSessionManager:
         self._sync_factory: sessionmaker[Session] | None = None
         self._async_factory: async_sessionmaker[AsyncSession] | None = None
         self._gate: CapacityGate | None = _NO_GATE
+        self._binding: TestBinding | None = None  # set by fastapi_dbsession.testing
         self._policy_dependencies: dict[str, Callable[[HTTPConnection], Awaitable[None]]] = {}
 
         self.session: Callable[..., Awaitable[Session]] = dependencies.session_dependency(self)
@@ -277,6 +280,13 @@ class DatabaseSessionManager:
             "(db.session / db.transaction())."
         )
 
+    def _repoint(self, url: URL | None, async_url: URL | None) -> None:
+        """Point the manager at other databases (the testing helpers' test database)."""
+        self.dispose()
+        self._async_engine = None
+        self._async_factory = None
+        self._url, self._async_url = url, async_url
+
     def dispose(self) -> None:
         """Close every pooled connection of the sync engine (it is recreated on next use)."""
         with self._lock:
@@ -343,23 +353,32 @@ class DatabaseSessionManager:
             self._gate = gate
         return gate
 
-    def _new_session(self, *, is_async: bool) -> Any:
-        return self._async_session_factory() if is_async else self._session_factory()
+    def _new_session(self, *, autocommit: bool = False) -> Session:
+        """A new sync session (inside the test's outer transaction while one is bound)."""
+        if self._binding is not None:
+            return self._binding.session()
+        if autocommit:  # every statement commits at once: units without a transaction
+            return self._session_factory(
+                bind=self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            )
+        return self._session_factory()
 
-    def _autocommit_session(self, *, is_async: bool) -> Any:
-        """A session whose every statement commits at once: units without a transaction."""
-        if is_async:
+    async def _anew_session(self, *, autocommit: bool = False) -> AsyncSession:
+        """Async twin of :meth:`_new_session`."""
+        if self._binding is not None:
+            return await self._binding.async_session()
+        if autocommit:
             bind: Any = self.async_engine.execution_options(isolation_level="AUTOCOMMIT")
             return self._async_session_factory(bind=bind)
-        return self._session_factory(
-            bind=self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
+        return self._async_session_factory()
 
     def _dialect_name(self, *, is_async: bool) -> str:
         engine = self.async_engine if is_async else self.engine
         return engine.dialect.name
 
     def _pool_capacity(self, *, is_async: bool) -> int | None:
+        if self._binding is not None:
+            return None  # every session shares the test's one connection
         engine = self.async_engine.sync_engine if is_async else self.engine
         return _compat.pool_capacity(engine.pool)
 
@@ -590,15 +609,19 @@ class DatabaseSessionManager:
         Raises:
             DatabaseUnavailableError: A configured database cannot be reached.
         """
-        if self._url_given:
-            await run_in_threadpool(self._check_sync)
-        if self._async_url_given:
-            await self._check_async()
+        if self._binding is None:  # a test's outer transaction has proven the connection
+            if self._url_given:
+                await run_in_threadpool(self._check_sync)
+            if self._async_url_given:
+                await self._check_async()
         try:
             yield
         finally:
-            await self.async_dispose()
-            await run_in_threadpool(self.dispose)
+            if self._binding is not None:  # under test isolation, the test owns the engines
+                await self._binding.aclose_loop()  # (only this loop's connection must go now)
+            else:
+                await self.async_dispose()
+                await run_in_threadpool(self.dispose)
 
     def _check_sync(self) -> None:
         engine = self.engine

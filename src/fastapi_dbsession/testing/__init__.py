@@ -1,0 +1,21 @@
+"""Test your app's database code: isolation, query counting and test databases.
+
+The pytest plugin (``fastapi_dbsession.testing.plugin``, registered automatically) builds its
+fixtures from these helpers; they work without pytest too.
+"""
+
+from ._binding import TestBinding
+from ._databases import create_test_database, drop_test_database, use_database
+from ._isolation import isolated
+from ._queries import QueryCount, assert_max_queries, count_queries
+
+__all__ = [
+    "QueryCount",
+    "TestBinding",
+    "assert_max_queries",
+    "count_queries",
+    "create_test_database",
+    "drop_test_database",
+    "isolated",
+    "use_database",
+]

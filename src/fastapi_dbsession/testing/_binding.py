@@ -1,0 +1,94 @@
+"""Bind every session a manager opens to one outer transaction, rolled back after the test.
+
+While a binding is active, the manager's session factories (request sessions,
+``db.transaction()``, ``@transactional`` including ``REQUIRES_NEW`` and ``NESTED``) return
+sessions bound to one connection per side with ``join_transaction_mode="create_savepoint"``:
+the application's ``commit()`` releases a SAVEPOINT, its ``rollback()`` rolls back to one, and
+the outer transaction, never committed, is rolled back when the test ends.
+
+The async side keeps one outer connection per event loop, created on first use in that loop
+(TestClient runs the app on a loop of its own; pytest-asyncio and anyio run the test on
+another), and rolled back on the loop that owns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, RootTransaction
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncTransaction
+    from sqlalchemy.orm import Session
+
+    from fastapi_dbsession.manager import DatabaseSessionManager
+
+logger = logging.getLogger(__name__)
+
+
+class TestBinding:
+    """The outer transactions of one test, for one manager."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of its name
+
+    def __init__(self, manager: DatabaseSessionManager) -> None:
+        self.manager = manager
+        self._connection: Connection | None = None
+        self._transaction: RootTransaction | None = None
+        self._async: dict[asyncio.AbstractEventLoop, tuple[AsyncConnection, AsyncTransaction]] = {}
+
+    def session(self) -> Session:
+        """A sync session inside the test's outer transaction."""
+        if self._connection is None:
+            self._connection = self.manager.engine.connect()
+            self._transaction = self._connection.begin()
+        return self.manager._session_factory(
+            bind=self._connection, join_transaction_mode="create_savepoint"
+        )
+
+    async def async_session(self) -> AsyncSession:
+        """An AsyncSession inside the outer transaction of the running event loop."""
+        loop = asyncio.get_running_loop()
+        entry = self._async.get(loop)
+        if entry is None:
+            connection = await self.manager.async_engine.connect()
+            entry = (connection, await connection.begin())
+            self._async[loop] = entry
+        return self.manager._async_session_factory(
+            bind=entry[0], join_transaction_mode="create_savepoint"
+        )
+
+    async def aclose_loop(self) -> None:
+        """Roll back and close the outer connection of the running loop (before it closes)."""
+        entry = self._async.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await _aclose(entry[0])
+
+    def close(self) -> None:
+        """Roll everything back: the sync connection and every loop's async connection."""
+        if self._connection is not None:
+            if self._transaction is not None and self._transaction.is_active:
+                self._transaction.rollback()
+            self._connection.close()
+            self._connection = self._transaction = None
+        for loop, (connection, _) in list(self._async.items()):
+            del self._async[loop]
+            if not loop.is_closed() and not loop.is_running():
+                loop.run_until_complete(_aclose(connection))
+            else:  # the loop is gone: drop the connection; the server rolls back
+                _terminate(connection)
+
+
+async def _aclose(connection: AsyncConnection) -> None:
+    """Roll back, and keep the connection out of the pool: it belongs to this loop only."""
+    await connection.rollback()
+    await connection.invalidate()
+    await connection.close()
+
+
+def _terminate(connection: Any) -> None:
+    try:
+        connection.sync_connection.invalidate()
+    except Exception as exc:  # a dead loop's driver may refuse even that
+        logger.debug("could not invalidate a test connection of a closed loop: %r", exc)

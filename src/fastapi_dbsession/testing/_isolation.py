@@ -1,0 +1,44 @@
+"""Run a block with every session of a manager inside one outer transaction, rolled back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from fastapi_dbsession.errors import ConfigurationError
+
+from ._binding import TestBinding
+
+if TYPE_CHECKING:
+    from fastapi_dbsession.manager import DatabaseSessionManager
+
+
+@contextmanager
+def isolated(db: DatabaseSessionManager) -> Iterator[TestBinding]:
+    """Bind ``db`` to an outer transaction for the block; roll it all back afterwards.
+
+    Every session ``db`` opens meanwhile (request sessions, ``db.transaction()``,
+    ``@transactional`` with any propagation) joins the outer transaction through a SAVEPOINT,
+    so the application's own ``commit()`` calls are undone too. ``isolation_level``,
+    ``read_only`` and ``timeout`` are not applied inside it.
+
+    Raises:
+        ConfigurationError: ``db`` is already isolated (nested use).
+
+    Example:
+        >>> with isolated(db):
+        ...     client.post("/items", json={"name": "ada"})   # committed by the app...
+        >>> # ...and gone now.
+    """
+    if db._binding is not None:
+        raise ConfigurationError(
+            f"{db!r} is already isolated by an enclosing isolated() / db_isolation fixture."
+        )
+    binding = TestBinding(db)
+    db._binding = binding
+    try:
+        yield binding
+    finally:
+        db._binding = None
+        binding.close()
