@@ -465,7 +465,7 @@ def test_testing_example_passes(backend: Backend) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"\b4 passed\b", result.stdout), result.stdout
+    assert re.search(r"\b5 passed\b", result.stdout), result.stdout
 
 
 def test_every_documented_file_is_run() -> None:

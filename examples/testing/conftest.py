@@ -1,52 +1,25 @@
-"""Fixtures: every test runs inside one outer transaction that is rolled back at its end.
+"""Fixtures: the plugin's ``db_isolation`` wraps every test in one outer transaction.
 
-The app's request session is replaced (``app.dependency_overrides[db.session]``) by a session
-bound to that transaction with ``join_transaction_mode="create_savepoint"``, so even the
-app's own ``session.commit()`` only releases a SAVEPOINT: nothing a test does is ever
-committed, and every test starts from the same database.
+Every session the app opens during a test (request sessions through TestClient,
+``db.transaction()``, ``@transactional``) joins that transaction through a SAVEPOINT, so even
+the app's own ``session.commit()`` is undone when the test ends.
 """
 
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy.orm import Session
 
-from app import Base, app, db
+from app import app
+from fastapi_dbsession import DatabaseSessionManager
 
 
 # --8<-- [start:fixtures]
-@pytest.fixture(scope="session")
-def tables() -> Iterator[None]:
-    """Create the schema once per test run (a real project runs its migrations here)."""
-    Base.metadata.create_all(db.engine)
-    yield
-    Base.metadata.drop_all(db.engine)
-    db.dispose()
-
-
 @pytest.fixture
-def session(tables: None) -> Iterator[Session]:
-    """A session inside an outer transaction that the test rolls back at its end."""
-    connection = db.engine.connect()
-    outer_transaction = connection.begin()
-    session = Session(bind=connection, join_transaction_mode="create_savepoint")
-    try:
-        yield session
-    finally:
-        session.close()
-        outer_transaction.rollback()  # everything the test and the app did is undone
-        connection.close()
-
-
-@pytest.fixture
-def client(session: Session) -> Iterator[TestClient]:
-    """A client whose requests all use the test's session."""
-    app.dependency_overrides[db.session] = lambda: session
-    try:
-        yield TestClient(app)  # not entered: the lifespan would dispose db.engine
-    finally:
-        app.dependency_overrides.pop(db.session)
+def client(db_isolation: DatabaseSessionManager) -> Iterator[TestClient]:
+    """A client whose requests run inside the test's outer transaction."""
+    with TestClient(app) as client:
+        yield client
 
 
 # --8<-- [end:fixtures]
