@@ -370,3 +370,190 @@ def test_fresh_database_per_xdist_worker(pytester: pytest.Pytester, backend: Bac
         )
     engine.dispose()
     assert leftovers == []  # every worker dropped its database
+
+
+ASYNC_UNITS_TESTS = """
+import httpx
+import pytest
+from sqlalchemy import select
+
+from fastapi_dbsession import CURRENT_SESSION, Propagation, transactional
+from sample_app import Widget, app, db
+
+try:
+    import httpx2 as httpx
+except ImportError:
+    pass
+
+
+@db.transactional(propagation=Propagation.REQUIRES_NEW)
+async def audit(session=CURRENT_SESSION):
+    session.add(Widget(name="audit"))
+
+
+@transactional(propagation=Propagation.NESTED)
+async def nested(session=CURRENT_SESSION):
+    session.add(Widget(name="nested"))
+
+
+@pytest.mark.asyncio
+async def test_async_units_inside_isolation(db_isolation, count_queries):
+    async with db.async_transaction() as session:
+        await audit()
+        await nested()
+        session.add(Widget(name="outer"))
+    with count_queries() as queries:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.post("/awidgets", params={"name": "a"})
+    assert response.json() == {"count": 4}
+    assert len(queries) == 2  # the INSERT and the SELECT: async statements are counted
+
+
+@pytest.mark.asyncio
+async def test_and_nothing_is_left(db_isolation):
+    async with db.async_transaction() as session:
+        assert (await session.scalars(select(Widget))).all() == []
+"""
+
+
+def test_async_propagation_and_query_counting_inside_isolation(
+    pytester: pytest.Pytester, backend: Backend, sample_url: URL
+) -> None:
+    _configure(pytester, backend, sample_url)
+    pytester.makepyfile(test_async_units=ASYNC_UNITS_TESTS)
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+
+    result.assert_outcomes(passed=2)
+    assert _count(sample_url) == 0
+
+
+HAND_WIRED_APP = """
+import os
+
+from fastapi import Depends, FastAPI
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+engine = create_engine(os.environ["SAMPLE_URL"])
+SessionLocal = sessionmaker(bind=engine)
+app = FastAPI()
+
+
+def get_db():
+    session = SessionLocal()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+@app.post("/widgets")
+def create(name: str, session: Session = Depends(get_db)) -> int:
+    session.execute(text("INSERT INTO plugin_widgets (name) VALUES (:name)"), {"name": name})
+    session.commit()
+    return session.execute(text("SELECT count(*) FROM plugin_widgets")).scalar_one()
+"""
+
+
+def test_override_helper_isolates_a_hand_wired_app(
+    pytester: pytest.Pytester, backend: Backend, sample_url: URL
+) -> None:
+    _configure(pytester, backend, sample_url)
+    pytester.makepyfile(hand_wired=HAND_WIRED_APP)
+    pytester.makepyfile(
+        test_hand_wired=textwrap.dedent(
+            """
+            import pytest
+            from fastapi.testclient import TestClient
+
+            from fastapi_dbsession.testing import override_dependency
+            from hand_wired import app, get_db
+            from sample_app import db
+
+            @pytest.fixture
+            def client(db_isolation):
+                override_dependency(app, get_db, db)
+                yield TestClient(app)
+                app.dependency_overrides.clear()
+
+            @pytest.mark.parametrize("run", range(2))
+            def test_commits_stay_inside_the_test(client, run):
+                assert client.post("/widgets", params={"name": "x"}).json() == 1
+            """
+        )
+    )
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+
+    result.assert_outcomes(passed=2)
+    assert _count(sample_url) == 0
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_test_database_migrated_with_alembic(pytester: pytest.Pytester, backend: Backend) -> None:
+    _configure(
+        pytester,
+        backend,
+        backend.url,
+        dbsession_create_database="true",
+        dbsession_alembic_ini='"alembic.ini"',
+        dbsession_metadata='""',
+    )
+    pytester.makefile(
+        ".ini",
+        alembic="[alembic]\nscript_location = migrations\nsqlalchemy.url = driver://unset\n",
+    )
+    migrations = pytester.mkpydir("migrations")
+    (migrations / "env.py").write_text(
+        textwrap.dedent(
+            """
+            from alembic import context
+            from sqlalchemy import create_engine
+
+            url = context.config.get_main_option("sqlalchemy.url")
+            with create_engine(url).connect() as connection:
+                context.configure(connection=connection)
+                with context.begin_transaction():
+                    context.run_migrations()
+            """
+        )
+    )
+    (migrations / "script.py.mako").write_text("")
+    versions = migrations / "versions"
+    versions.mkdir()
+    (versions / "0001_widgets.py").write_text(
+        textwrap.dedent(
+            """
+            import sqlalchemy as sa
+            from alembic import op
+
+            revision = "0001"
+            down_revision = None
+
+            def upgrade():
+                op.create_table(
+                    "plugin_widgets",
+                    sa.Column("id", sa.Integer, primary_key=True),
+                    sa.Column("name", sa.String(50)),
+                )
+            """
+        )
+    )
+    pytester.makepyfile(
+        test_migrated=textwrap.dedent(
+            """
+            from fastapi.testclient import TestClient
+            from sample_app import app
+
+            def test_tables_come_from_the_migration(db_isolation):
+                with TestClient(app) as client:
+                    assert client.post("/awidgets", params={"name": "x"}).json() == {"count": 1}
+            """
+        )
+    )
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+
+    result.assert_outcomes(passed=1)

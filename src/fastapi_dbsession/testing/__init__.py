@@ -6,7 +6,7 @@ fixtures from these helpers; they work without pytest too.
 
 from ._binding import TestBinding
 from ._databases import create_test_database, drop_test_database, use_database
-from ._isolation import isolated
+from ._isolation import isolated, override_dependency
 from ._queries import QueryCount, assert_max_queries, count_queries
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "create_test_database",
     "drop_test_database",
     "isolated",
+    "override_dependency",
     "use_database",
 ]

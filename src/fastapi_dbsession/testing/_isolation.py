@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi_dbsession.errors import ConfigurationError
 
@@ -42,3 +42,19 @@ def isolated(db: DatabaseSessionManager) -> Iterator[TestBinding]:
     finally:
         db._binding = None
         binding.close()
+
+
+def override_dependency(
+    app: Any, dependency: Callable[..., Any], db: DatabaseSessionManager, *, is_async: bool = False
+) -> None:
+    """Make an app that wires sessions by hand use ``db``'s request sessions in tests.
+
+    ``app.dependency_overrides[get_db] = db.session`` (or ``db.async_session``): the app's own
+    ``get_db`` is replaced by the library's request session, which commits before the response
+    and, under ``isolated(db)`` / the ``db_isolation`` fixture, joins the test's transaction.
+    ``db`` must point at the same database as the app's engine.
+
+    Example:
+        >>> override_dependency(app, get_db, DatabaseSessionManager(str(engine.url)))
+    """
+    app.dependency_overrides[dependency] = db.async_session if is_async else db.session
