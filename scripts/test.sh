@@ -63,7 +63,9 @@ log "mkdocs build --strict (the documentation site: links, anchors, includes, AP
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
 
 log "pytest (newest versions) with coverage"
-run_pytest .venv/bin/python -m pytest --cov --cov-report=term "$@"
+# coverage starts before pytest, so the package imported by our own pytest plugin is measured
+run_pytest .venv/bin/python -m coverage run -m pytest "$@"
+.venv/bin/python -m coverage report
 
 log "environment (oldest declared versions): .venv-oldest"
 make_venv .venv-oldest -c constraints/oldest.txt -e ".[dev]"

@@ -482,6 +482,7 @@ def test_every_documented_file_is_run() -> None:
         "examples/quickstart/app.py",
         "examples/testing/app.py",
         "examples/testing/conftest.py",
+        "examples/testing/pytest.ini",
         "examples/testing/test_app.py",
     }
     for path in included:
