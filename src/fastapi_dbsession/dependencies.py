@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 _S = TypeVar("_S")
 
 CommitPolicy = Literal["commit", "manual", "read_only"]
+"""What a request session does when its endpoint succeeds: ``"commit"`` (the default),
+``"manual"`` (never commit for you; roll back what is left) or ``"read_only"`` (always roll
+back)."""
 COMMIT_POLICIES: tuple[CommitPolicy, ...] = ("commit", "manual", "read_only")
 
 _SCOPE_KEY = "fastapi_dbsession.commit_policy"

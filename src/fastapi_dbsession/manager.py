@@ -435,6 +435,11 @@ class DatabaseSessionManager:
     ) -> AbstractAsyncContextManager[AsyncSession]:
         """Async twin of :meth:`transaction`.
 
+        Raises:
+            NoActiveTransactionError: ``MANDATORY`` with nothing active.
+            TransactionExistsError: ``NEVER`` or ``durable=True`` inside a transaction.
+            UnexpectedRollbackError: An inner unit failed and doomed this transaction.
+
         Example:
             >>> async with db.async_transaction() as session:
             ...     session.add(User(name="ada"))
@@ -584,6 +589,12 @@ class DatabaseSessionManager:
 
     def commit_policy(self, policy: CommitPolicy) -> Callable[[HTTPConnection], Awaitable[None]]:
         """Return a route dependency that sets the commit policy of that route's session.
+
+        Args:
+            policy: ``"commit"``, ``"manual"`` or ``"read_only"``.
+
+        Raises:
+            ConfigurationError: ``policy`` is not a commit policy.
 
         Example:
             >>> @app.post("/import", dependencies=[Depends(db.commit_policy("manual"))])
