@@ -125,6 +125,26 @@ def test_swallowed_inner_failure_makes_the_outer_commit_raise(
     assert backend.count() == 0
 
 
+def test_a_doomed_savepoint_rolls_back_alone(units: SyncUnits, backend: Backend) -> None:
+    def scenario(u: SyncUnits) -> None:
+        @u.transactional()
+        def inner(session: Any) -> None:
+            u.add_item(session, "inner")
+            raise Boom("inner failed")
+
+        with u.transaction() as outer:
+            u.add_item(outer, "outer")
+            with pytest.raises(UnexpectedRollbackError, match="Boom: inner failed"):  # noqa: SIM117
+                with u.transaction(propagation=Propagation.NESTED) as savepoint:
+                    u.add_item(savepoint, "in-savepoint")
+                    with contextlib.suppress(Boom):  # swallowed inside the savepoint
+                        inner()
+            u.add_item(outer, "after")  # the outer transaction is not doomed
+
+    units.run(scenario)
+    assert backend.names() == ["after", "outer"]
+
+
 def test_requires_new_commits_independently(units: SyncUnits, backend: Backend) -> None:
     def scenario(u: SyncUnits) -> None:
         @u.transactional(propagation=Propagation.REQUIRES_NEW)

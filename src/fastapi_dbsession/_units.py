@@ -73,7 +73,6 @@ class Root:
     external: bool = False  # a session the caller passed in and manages itself
     read_only: bool = False
     reset_sql: str | None = None  # run before the transaction ends (MariaDB statement timeout)
-    rollback_only: str | None = None  # why an inner unit doomed the transaction
     ended: bool = False  # finished: frames still pointing here (context copies) are stale
 
 
@@ -89,6 +88,7 @@ class Frame:
     on_rollback: list[tuple[Hook, bool]] = field(default_factory=list)
     owner: Frame | None = None  # the frame whose hooks this one's hooks join (JOIN frames)
     plain_session: Any = None  # the autocommit session of a unit without a transaction
+    doomed: str | None = None  # rollback-only: why a joined unit failed (root/savepoint frames)
 
     @property
     def hooks_frame(self) -> Frame:
@@ -305,17 +305,20 @@ def _exit(
         yield from finish_root(root, frame, commit=not undo)
         return
     if action is Action.SAVEPOINT:
-        if undo:
+        if undo or frame.doomed is not None:
             yield ("rollback", frame.savepoint)
             yield from _run_hooks(frame.on_rollback)
+            if not undo:
+                raise _unexpected_rollback(frame.doomed)
         else:
             yield ("commit", frame.savepoint)
             owner = _hooks_owner(frame)
             owner.on_commit.extend(frame.on_commit)
             owner.on_rollback.extend(frame.on_rollback)
         return
-    if undo and root.rollback_only is None:  # JOIN
-        root.rollback_only = f"{type(error).__name__}: {error}"
+    owner = frame.hooks_frame  # JOIN: doom the transaction (or savepoint) it joined
+    if undo and owner.doomed is None:
+        owner.doomed = f"{type(error).__name__}: {error}"
         logger.debug("transaction marked rollback-only by %r", error)
 
 
@@ -334,7 +337,7 @@ def finish_root(root: Root, frame: Frame, *, commit: bool) -> Generator[Step, An
     session = root.session
     sync_session = getattr(session, "sync_session", session)
     root.ended = True
-    doomed = commit and root.rollback_only is not None
+    doomed = commit and frame.doomed is not None
     committed = False
     yield ("settle", session)  # async: let a task still inside an operation finish first
     try:
@@ -358,14 +361,18 @@ def finish_root(root: Root, frame: Frame, *, commit: bool) -> Generator[Step, An
     yield from _close(root)
     if doomed:
         yield from _run_hooks(frame.on_rollback)
-        raise UnexpectedRollbackError(
-            "The transaction was rolled back instead of committed: an inner unit of work that "
-            f"joined it failed ({root.rollback_only}) and marked it rollback-only, and the "
-            "exception was caught before it reached this boundary. Let the exception propagate, "
-            "or run the inner unit with propagation=Propagation.NESTED (a savepoint) so that "
-            "its failure only undoes its own work."
-        )
+        raise _unexpected_rollback(frame.doomed)
     yield from _run_hooks(frame.on_commit if committed else frame.on_rollback)
+
+
+def _unexpected_rollback(reason: str | None) -> UnexpectedRollbackError:
+    return UnexpectedRollbackError(
+        "The transaction was rolled back instead of committed: an inner unit of work that "
+        f"joined it failed ({reason}) and marked it rollback-only, and the exception was "
+        "caught before it reached this boundary. Let the exception propagate, or run the "
+        "inner unit with propagation=Propagation.NESTED (a savepoint) so that its failure "
+        "only undoes its own work."
+    )
 
 
 def _close(root: Root) -> Generator[Step, Any, None]:
