@@ -28,6 +28,10 @@ def _valid(run: dict[str, Any]) -> bool:
     return run.get("problem") is None and "rps" in run
 
 
+def _has(run: dict[str, Any], metric: str) -> bool:
+    return _valid(run) and bool(run.get(metric))
+
+
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -56,15 +60,16 @@ def cell(results: dict[str, Any], impl: str, endpoint: str) -> dict[str, Any]:
         "errors": sum(run.get("errors", 0) for run in runs),
         "rounds": len(good),
     }
-    for metric in ("rps", "p50_ms", "p99_ms"):
-        out[metric] = _median([run[metric] for run in good])
+    for metric in ("rps", "p50_ms", "p99_ms", "cpu_us"):
+        values = [run[metric] for run in good if _has(run, metric)]
+        out[metric] = _median(values)
         ratios = [
             run[metric] / base[metric]
             for run, base in zip(runs, base_runs, strict=False)
-            if _valid(run) and _valid(base) and base[metric]
+            if _has(run, metric) and _has(base, metric)
         ]
         out[f"{metric}_ratio"] = _median(ratios)
-        out[f"{metric}_spread"] = _spread([run[metric] for run in good])
+        out[f"{metric}_spread"] = _spread(values)
     return out
 
 
@@ -112,8 +117,8 @@ def _throughput_tables(results: dict[str, Any]) -> list[str]:
             f"#### {side}",
             "",
             "| endpoint | implementation | req/s | x base | p50 ms | x base | p99 ms | x base "
-            "| errors | notes |",
-            "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
+            "| server CPU µs/req | x base | errors | notes |",
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
         ]
         for endpoint in ENDPOINTS:
             for impl in impls:
@@ -124,7 +129,8 @@ def _throughput_tables(results: dict[str, Any]) -> list[str]:
                     notes.insert(
                         0,
                         f"noise band: req/s {_pct(c['rps_spread'])}, p50 "
-                        f"{_pct(c['p50_ms_spread'])}, p99 {_pct(c['p99_ms_spread'])}",
+                        f"{_pct(c['p50_ms_spread'])}, p99 {_pct(c['p99_ms_spread'])}, CPU "
+                        f"{_pct(c['cpu_us_spread'])}",
                     )
                 name = f"**INVALID** {label}" if c["invalid"] else label
                 if c["invalid"]:
@@ -132,7 +138,8 @@ def _throughput_tables(results: dict[str, Any]) -> list[str]:
                 lines.append(
                     f"| {endpoint} | {name} | {_fmt(c['rps'], 0)} | {_ratio(c['rps_ratio'])} "
                     f"| {_fmt(c['p50_ms'])} | {_ratio(c['p50_ms_ratio'])} | {_fmt(c['p99_ms'])} "
-                    f"| {_ratio(c['p99_ms_ratio'])} | {c['errors']} | {'; '.join(notes)} |"
+                    f"| {_ratio(c['p99_ms_ratio'])} | {_fmt(c['cpu_us'], 0)} "
+                    f"| {_ratio(c['cpu_us_ratio'])} | {c['errors']} | {'; '.join(notes)} |"
                 )
         lines.append("")
     return lines
@@ -151,9 +158,9 @@ def _verdict(ratio: float | None, target: float, noise: float | None, higher: bo
 
 def _targets(results: dict[str, Any]) -> list[str]:
     lines = [
-        "| side | endpoint | req/s x base (≥ 0.97) | p99 x base (≤ 1.05) | ahead of every peer "
-        "(req/s) |",
-        "|---|---|---|---|---|",
+        "| side | endpoint | req/s x base (≥ 0.97) | p99 x base (≤ 1.05) | server CPU/req x base "
+        "| ahead of every peer (req/s) |",
+        "|---|---|---|---|--:|---|",
     ]
     meta = results["meta"]["impls"]
     for side in ("sync", "async"):
@@ -182,7 +189,8 @@ def _targets(results: dict[str, Any]) -> list[str]:
             ahead = "yes" if not behind else "**no**: " + ", ".join(behind)
             lines.append(
                 f"| {side} | {endpoint} | {_ratio(c['rps_ratio'])} {rps} "
-                f"| {_ratio(c['p99_ms_ratio'])} {p99} | {ahead if peers else '-'} |"
+                f"| {_ratio(c['p99_ms_ratio'])} {p99} | {_ratio(c['cpu_us_ratio'])} "
+                f"| {ahead if peers else '-'} |"
             )
     return [*lines, ""]
 
@@ -302,6 +310,9 @@ def render(results: dict[str, Any]) -> str:
         f"- load: {meta['loader']}, {meta['connections']} connections, {meta['seconds']} s per "
         f"endpoint, {meta['rounds']} interleaved rounds; server on CPU 0, load on CPU 1 "
         f"({'taskset' if meta['pinned'] else 'NOT pinned'})",
+        f"- load average (1, 5, 15 min) before / after the run: "
+        f"{meta.get('load_average_before', '?')} / {meta.get('load_average_after', '?')} "
+        "(other work on the machine: a 2-core machine is idle near 0)",
         "- x base: median over rounds of (implementation / hand-written baseline of the same "
         "side, same round). Throughput: higher is better; latency: lower is better.",
         "",

@@ -155,9 +155,23 @@ class ServerFailed(RuntimeError):
     """The app did not start (import error, lifespan failure, ...)."""
 
 
+@dataclass(frozen=True)
+class Running:
+    """A started server: where it listens and its process id (taskset execs uvicorn)."""
+
+    port: int
+    pid: int
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def serve(impl: Impl, options: Options, env: dict[str, str], tag: str) -> Iterator[int]:
-    """Run ``impl`` under uvicorn (one worker, CPU 0) and yield its port once it answers."""
+def serve(impl: Impl, options: Options, env: dict[str, str], tag: str) -> Iterator[Running]:
+    """Run ``impl`` under uvicorn (one worker, CPU 0) and yield it once it answers."""
     port = free_port()
     logs = options.results / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -186,7 +200,7 @@ def serve(impl: Impl, options: Options, env: dict[str, str], tag: str) -> Iterat
         )
     try:
         _wait_ready(process, port, log_path)
-        yield port
+        yield Running(port, process.pid)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -300,13 +314,16 @@ def run_load(options: Options, port: int, endpoint: str, seconds: float) -> dict
     )
 
 
-def measure(options: Options, port: int, endpoint: str, inspector: Any) -> dict[str, Any]:
-    """One timed run: throughput, p50, p99, errors, and committed rows for writes."""
+def measure(options: Options, server: Running, endpoint: str, inspector: Any) -> dict[str, Any]:
+    """One timed run: throughput, p50, p99, server CPU per request, errors, committed rows."""
     before = inspector.count()
-    raw = run_load(options, port, endpoint, options.seconds)
+    cpu_before = cpu_seconds(server.pid)
+    raw = run_load(options, server.port, endpoint, options.seconds)
+    cpu_used = cpu_seconds(server.pid) - cpu_before
     seconds = raw["duration_us"] / 1e6
     run: dict[str, Any] = {
         "rps": raw["requests"] / seconds if seconds else 0.0,
+        "cpu_us": cpu_used / raw["requests"] * 1e6 if raw["requests"] else 0.0,
         "p50_ms": raw["p50_us"] / 1e3,
         "p99_ms": raw["p99_us"] / 1e3,
         "ok": raw["ok"],
@@ -347,7 +364,8 @@ def throughput_scenario(
             inspector.vacuum()
             started = time.monotonic()
             try:
-                with serve(impl, options, env, f"round{round_number}") as port:
+                with serve(impl, options, env, f"round{round_number}") as running:
+                    port = running.port
                     problems, notes = check_answers(port, inspector, f"{impl.id}-{round_number}")
                     entry = correctness[impl.id]
                     entry["problems"] += [f"round {round_number}: {p}" for p in problems]
@@ -355,7 +373,9 @@ def throughput_scenario(
                     for endpoint in ENDPOINTS if options.warmup else ():
                         run_load(options, port, endpoint, options.warmup)
                     for endpoint in ENDPOINTS:
-                        runs[impl.id][endpoint].append(measure(options, port, endpoint, inspector))
+                        runs[impl.id][endpoint].append(
+                            measure(options, running, endpoint, inspector)
+                        )
             except (ServerFailed, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
                 correctness[impl.id]["problems"].append(f"round {round_number}: {exc}")
                 for endpoint in ENDPOINTS:
@@ -382,7 +402,8 @@ def starvation_scenario(
     say(f"pool starvation: pool 3+0, pool_timeout {options.starvation_timeout:g} s, 100 requests")
     for impl in options.impls:
         try:
-            with serve(impl, options, env, "starvation") as port:
+            with serve(impl, options, env, "starvation") as running:
+                port = running.port
                 command = [
                     *pinned(1, options),
                     sys.executable,
@@ -565,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": options.rounds,
             "seconds": options.seconds,
             "starvation_pool_timeout": options.starvation_timeout,
+            "load_average_before": [round(x, 2) for x in os.getloadavg()],
             "impls": {impl.id: {"label": impl.label, "side": impl.side} for impl in options.impls},
         },
         "correctness": {},
@@ -588,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu_scenario(options, server, name, results)
         finally:
             inspector.close()
+    results["meta"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     (options.results / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
     markdown = report.render(results)
     (options.results / "latest.md").write_text(markdown)
