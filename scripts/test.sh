@@ -63,8 +63,12 @@ log "mkdocs build --strict (the documentation site: links, anchors, includes, AP
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
 
 log "pytest (newest versions) with coverage"
-# coverage starts before pytest, so the package imported by our own pytest plugin is measured
+# coverage starts before pytest, so the package imported by our own pytest plugin is measured,
+# and follows the pytest subprocesses the plugin's tests start (pyproject: patch = subprocess)
+rm -f .coverage .coverage.*
+export FDBS_COVERAGE_DIR="$PWD"
 run_pytest .venv/bin/python -m coverage run -m pytest "$@"
+.venv/bin/python -m coverage combine -q
 .venv/bin/python -m coverage report
 
 log "environment (oldest declared versions): .venv-oldest"

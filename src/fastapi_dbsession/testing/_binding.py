@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class TestBinding:
         self._connection: Connection | None = None
         self._transaction: RootTransaction | None = None
         self._async: dict[asyncio.AbstractEventLoop, tuple[AsyncConnection, AsyncTransaction]] = {}
+        self._guards: list[AsyncGenerator[None, None]] = []
 
     def session(self) -> Session:
         """A sync session inside the test's outer transaction."""
@@ -55,9 +57,23 @@ class TestBinding:
             connection = await self.manager.async_engine.connect()
             entry = (connection, await connection.begin())
             self._async[loop] = entry
+            guard = self._close_at_loop_shutdown()
+            await guard.__anext__()  # the loop now finalizes it in shutdown_asyncgens()
+            self._guards.append(guard)
         return self.manager._async_session_factory(
             bind=entry[0], join_transaction_mode="create_savepoint"
         )
+
+    async def _close_at_loop_shutdown(self) -> AsyncGenerator[None, None]:
+        """Roll this loop's connection back while the loop can still run it.
+
+        ``asyncio.run()``, pytest-asyncio and anyio close their loops with
+        ``shutdown_asyncgens()`` first, which finalizes this generator on the loop.
+        """
+        try:
+            yield
+        finally:
+            await self.aclose_loop()
 
     async def aclose_loop(self) -> None:
         """Roll back and close the outer connection of the running loop (before it closes)."""
@@ -72,6 +88,7 @@ class TestBinding:
                 self._transaction.rollback()
             self._connection.close()
             self._connection = self._transaction = None
+        self._guards.clear()
         for loop, (connection, _) in list(self._async.items()):
             del self._async[loop]
             if not loop.is_closed() and not loop.is_running():
