@@ -339,7 +339,8 @@ def finish_root(root: Root, frame: Frame, *, commit: bool) -> Generator[Step, An
     root.ended = True
     doomed = commit and frame.doomed is not None
     committed = False
-    yield ("settle", session)  # async: let a task still inside an operation finish first
+    if sync_session is not session:  # async: let a task still inside an operation finish
+        yield ("settle", session)
     try:
         if root.reset_sql is not None:
             try:
@@ -362,7 +363,9 @@ def finish_root(root: Root, frame: Frame, *, commit: bool) -> Generator[Step, An
     if doomed:
         yield from _run_hooks(frame.on_rollback)
         raise _unexpected_rollback(frame.doomed)
-    yield from _run_hooks(frame.on_commit if committed else frame.on_rollback)
+    hooks = frame.on_commit if committed else frame.on_rollback
+    if hooks:
+        yield from _run_hooks(hooks)
 
 
 def _unexpected_rollback(reason: str | None) -> UnexpectedRollbackError:
@@ -381,7 +384,7 @@ def _close(root: Root) -> Generator[Step, Any, None]:
 
 
 def _run_hooks(hooks: list[tuple[Hook, bool]]) -> Generator[Step, Any, None]:
-    for hook, robust in hooks:
+    for hook, robust in hooks:  # (callers skip this generator when there are no hooks)
         try:
             yield ("call", hook)
         except Exception:
@@ -471,7 +474,6 @@ _SYNC_STEPS: dict[str, Callable[..., Any]] = {
     "close": lambda session: session.close(),
     "finish": _finish_sync,
     "call": _call_from_sync,
-    "settle": lambda session: None,
 }
 
 _ASYNC_STEPS: dict[str, Callable[..., Any]] = {
