@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from fastapi_dbsession import (
+    CURRENT_SESSION,
     ConfigurationError,
     DatabaseSessionManager,
     Propagation,
@@ -325,3 +326,56 @@ def test_retries_recognise_serialization_failures_from_each_sync_driver(
     db.dispose()
     assert attempts == [1, 2]
     assert backend.names() == [f"{driver}-2"]
+
+
+class Session2:  # not SQLAlchemy's, whatever its name
+    pass
+
+
+def _found(func: Any) -> str | None:
+    from fastapi_dbsession.decorators import _session_parameter
+
+    return _session_parameter(func)[0]
+
+
+def test_the_session_parameter_is_found_by_name_or_by_annotation(
+    db: DatabaseSessionManager,
+) -> None:
+    from typing import Annotated
+
+    def by_name(x: int, session: object) -> None: ...
+    def by_class(x: int, db_session: Session) -> None: ...
+    def by_async_class(s: AsyncSession) -> None: ...
+    def by_string(x: int, s: "AsyncSession") -> None: ...
+    def by_annotated(s: Annotated[Session, Depends(db.session)]) -> None: ...
+    def by_optional(s: Session | None = None) -> None: ...
+    def keyword_only(*, s: Session) -> None: ...
+    def none(x: int, other: Session2) -> None: ...
+
+    assert _found(by_name) == "session"
+    assert _found(by_class) == "db_session"
+    assert _found(by_async_class) == "s"
+    assert _found(by_string) == "s"
+    assert _found(by_annotated) == "s"
+    assert _found(by_optional) == "s"
+    assert _found(keyword_only) == "s"
+    assert _found(none) is None
+
+
+def test_a_positional_only_session_is_refused() -> None:
+    def positional(session: Session, /) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="positional-only"):
+        transactional(positional)
+
+
+def test_a_session_found_by_annotation_is_passed_in(
+    db: DatabaseSessionManager, backend: Backend
+) -> None:
+    @db.transactional
+    def add(name: str, db_session: Session = CURRENT_SESSION) -> None:
+        db_session.add(Item(name=name))
+
+    add("by-annotation")
+    db.dispose()
+    assert backend.names() == ["by-annotation"]

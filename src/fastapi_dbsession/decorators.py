@@ -8,6 +8,7 @@ import inspect
 import itertools
 import re
 import time
+import typing
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
@@ -282,13 +283,21 @@ def _session_parameter(func: Callable[..., Any]) -> tuple[str | None, int]:
         if parameter.name == "session":
             return _usable(func, parameter, index)
     for index, parameter in enumerate(parameters):
-        annotation = parameter.annotation
-        shown = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-        if isinstance(annotation, type) and _is_session_class(annotation):
-            return _usable(func, parameter, index)
-        if isinstance(shown, str) and _SESSION_ANNOTATION.search(shown):
+        if _names_a_session(parameter.annotation):
             return _usable(func, parameter, index)
     return None, -1
+
+
+def _names_a_session(annotation: object) -> bool:
+    """``Session``, ``AsyncSession`` (or subclasses), also inside ``Annotated``/``| None``/str."""
+    if isinstance(annotation, str):  # a postponed annotation: judge by the name
+        return _SESSION_ANNOTATION.search(annotation) is not None
+    if isinstance(annotation, type):
+        return _is_session_class(annotation)
+    origin = getattr(annotation, "__origin__", None)  # Annotated[Session, Depends(...)]
+    if isinstance(origin, type) and _is_session_class(origin):
+        return True
+    return any(_names_a_session(argument) for argument in typing.get_args(annotation))
 
 
 def _usable(func: Callable[..., Any], parameter: inspect.Parameter, index: int) -> tuple[str, int]:
