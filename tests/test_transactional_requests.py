@@ -18,6 +18,7 @@ from fastapi_dbsession import (
     CURRENT_SESSION,
     ConfigurationError,
     DatabaseSessionManager,
+    NoActiveTransactionError,
     Propagation,
     UnexpectedRollbackError,
     transactional,
@@ -379,3 +380,23 @@ def test_a_session_found_by_annotation_is_passed_in(
     add("by-annotation")
     db.dispose()
     assert backend.names() == ["by-annotation"]
+
+
+def test_hooks_in_a_unit_on_a_callers_own_session_are_refused(
+    db: DatabaseSessionManager,
+) -> None:
+    @db.transactional
+    def work(session: Session) -> None:
+        db.on_commit(lambda: None)
+
+    @transactional
+    def bare_work(session: Session) -> None:
+        db.on_commit(lambda: None)
+
+    own = db._session_factory()  # the caller's own session: the caller commits it
+    with pytest.raises(NoActiveTransactionError, match="passed in by the caller"):
+        work(own)
+    with pytest.raises(NoActiveTransactionError, match="none is active"):
+        bare_work(own)
+    own.close()
+    db.dispose()

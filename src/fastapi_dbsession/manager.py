@@ -585,7 +585,15 @@ class DatabaseSessionManager:
                 "is active here. Call it inside a request that depends on db.session, inside "
                 "db.transaction() or a @transactional function."
             )
-        return frame.hooks_frame
+        owner = frame.hooks_frame
+        if owner.root is not None and owner.root.external:
+            raise NoActiveTransactionError(
+                f"db.{name}() was called in a unit of work whose session was passed in by the "
+                "caller, who commits it: the library cannot know when that happens. Register "
+                "the callback inside a request session, db.transaction() or @db.transactional "
+                "unit that owns its transaction."
+            )
+        return owner
 
     def commit_policy(self, policy: CommitPolicy) -> Callable[[HTTPConnection], Awaitable[None]]:
         """Return a route dependency that sets the commit policy of that route's session.
