@@ -11,9 +11,7 @@ scope is closed after the response is sent: a failing commit there still gives t
 # No "from __future__ import annotations" here: FastAPI reads these signatures at runtime.
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from anyio import CancelScope
 from fastapi import Depends, Response
@@ -31,8 +29,6 @@ if TYPE_CHECKING:
     from .manager import DatabaseSessionManager
 
 logger = logging.getLogger(__name__)
-
-_S = TypeVar("_S")
 
 CommitPolicy = Literal["commit", "manual", "read_only"]
 """What a request session does when its endpoint succeeds: ``"commit"`` (the default),
@@ -84,36 +80,51 @@ def _route_policy(connection: HTTPConnection, manager: "DatabaseSessionManager")
     return chosen.get(id(manager), manager.default_commit_policy)
 
 
-@asynccontextmanager
-async def _request_unit(
-    manager: "DatabaseSessionManager",
-    session: _S,
-    *,
-    frames: ContextVar[Frame | None],
-    finish: Callable[[Frame, bool], Awaitable[None]],
-    connection: HTTPConnection,
-    response: Response,
-) -> AsyncIterator[_S]:
-    """The life of one request session, sync or async: make current, decide, finish."""
-    frame = Frame(
-        manager=manager,
-        root=Root(session=session, owns_session=True, is_request=True),
-        parent=frames.get(),
-    )
-    token = frames.set(frame)
-    try:
+def _scope_dependency(
+    manager: "DatabaseSessionManager", *, is_async: bool
+) -> Callable[..., AsyncIterator[Any]]:
+    """Build the function-scoped yield dependency behind ``db.session`` / ``db.async_session``.
+
+    One implementation for both sides; what differs is chosen here, once: the context
+    variable, how the session is finished (awaited, or in a worker thread for a sync session)
+    and the pool-capacity gate (sync only).
+    """
+    frames = async_frames if is_async else sync_frames
+    finish = _finish_async if is_async else _finish_in_thread
+
+    async def request_session_scope(
+        connection: HTTPConnection, response: Response
+    ) -> AsyncIterator[Any]:
+        gate = None if is_async else manager._sync_capacity_gate()
+        if gate is not None and not await gate.acquire(gate.timeout):
+            raise PoolTimeoutError(gate.timeout_message)
         try:
-            yield session
-        except BaseException:
-            with CancelScope(shield=True):  # a cancelled request still rolls back and closes
-                await finish(frame, False)
-            raise
-        commit = should_commit(_route_policy(connection, manager), None, response.status_code)
-        with CancelScope(shield=True):
-            await finish(frame, commit)
-        logger.debug("request session %s", "committed" if commit else "rolled back")
-    finally:
-        frames.reset(token)
+            session = await manager._anew_session() if is_async else manager._new_session()
+            frame = Frame(
+                manager=manager,
+                root=Root(session=session, owns_session=True, is_request=True),
+                parent=frames.get(),
+            )
+            token = frames.set(frame)
+            try:
+                try:
+                    yield session
+                except BaseException:
+                    with CancelScope(shield=True):  # a cancelled request still rolls back
+                        await finish(frame, False)
+                    raise
+                commit = should_commit(
+                    _route_policy(connection, manager), None, response.status_code
+                )
+                with CancelScope(shield=True):
+                    await finish(frame, commit)
+            finally:
+                frames.reset(token)
+        finally:
+            if gate is not None:
+                gate.release()
+
+    return request_session_scope
 
 
 async def _finish_in_thread(frame: Frame, commit: bool) -> None:
@@ -132,31 +143,9 @@ async def _finish_async(frame: Frame, commit: bool) -> None:
 
 def session_dependency(manager: "DatabaseSessionManager") -> Callable[..., Awaitable[Session]]:
     """Build ``db.session``: the request's sync session, finished before the response."""
+    scope = _scope_dependency(manager, is_async=False)
 
-    async def request_session_scope(
-        connection: HTTPConnection, response: Response
-    ) -> AsyncIterator[Session]:
-        gate = manager._sync_capacity_gate()
-        if gate is not None and not await gate.acquire(gate.timeout):
-            raise PoolTimeoutError(gate.timeout_message)
-        try:
-            session = manager._new_session()
-            async with _request_unit(
-                manager,
-                session,
-                frames=sync_frames,
-                finish=_finish_in_thread,
-                connection=connection,
-                response=response,
-            ) as request_session:
-                yield request_session
-        finally:
-            if gate is not None:
-                gate.release()
-
-    async def session(
-        request_session: Session = Depends(request_session_scope, scope="function"),
-    ) -> Session:
+    async def session(request_session: Session = Depends(scope, scope="function")) -> Session:
         return request_session
 
     return session
@@ -166,23 +155,10 @@ def async_session_dependency(
     manager: "DatabaseSessionManager",
 ) -> "Callable[..., Awaitable[AsyncSession]]":
     """Build ``db.async_session``: the request's AsyncSession, finished before the response."""
-
-    async def request_async_session_scope(
-        connection: HTTPConnection, response: Response
-    ) -> AsyncIterator["AsyncSession"]:
-        session = await manager._anew_session()
-        async with _request_unit(
-            manager,
-            session,
-            frames=async_frames,
-            finish=_finish_async,
-            connection=connection,
-            response=response,
-        ) as request_session:
-            yield request_session
+    scope = _scope_dependency(manager, is_async=True)
 
     async def async_session(
-        request_session: Any = Depends(request_async_session_scope, scope="function"),
+        request_session: Any = Depends(scope, scope="function"),
     ) -> "AsyncSession":
         return request_session  # type: ignore[no-any-return]
 
