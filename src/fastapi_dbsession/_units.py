@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from anyio import from_thread
 from sqlalchemy import text
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from ._compat import warn
 from ._sessions import ENDED_MESSAGE, FINISHED, FINISHED_MESSAGE, has_work, wait_until_idle
@@ -396,8 +397,14 @@ def _run_hooks(hooks: list[tuple[Hook, bool]]) -> Generator[Step, Any, None]:
 # -- the two drivers ---------------------------------------------------------------------
 
 
-def drive(flow: Flow, value: object = None, error: BaseException | None = None) -> Any:
+def drive(
+    flow: Flow,
+    value: object = None,
+    error: BaseException | None = None,
+    steps: Mapping[str, Callable[..., Any]] | None = None,
+) -> Any:
     """Run ``flow`` with plain calls until it hands out the body's session, or ends."""
+    table = _SYNC_STEPS if steps is None else steps
     while True:
         try:
             step = flow.throw(error) if error is not None else flow.send(value)
@@ -408,26 +415,19 @@ def drive(flow: Flow, value: object = None, error: BaseException | None = None) 
             return args[0]
         error = None
         try:
-            value = _SYNC_STEPS[kind](*args)
+            value = table[kind](*args)
         except BaseException as exc:  # handed back to the flow, which decides
             value, error = None, exc
 
 
 async def adrive(flow: Flow, value: object = None, error: BaseException | None = None) -> Any:
-    """Async twin of :func:`drive`: the same flow, each step awaited."""
-    while True:
-        try:
-            step = flow.throw(error) if error is not None else flow.send(value)
-        except StopIteration:
-            return None
-        kind, *args = step
-        if kind == "body":
-            return args[0]
-        error = None
-        try:
-            value = await _ASYNC_STEPS[kind](*args)
-        except BaseException as exc:
-            value, error = None, exc
+    """Async twin of :func:`drive`: the same loop, run in one greenlet for the whole flow.
+
+    Each step works on the ``AsyncSession``'s sync session, as ``AsyncSession`` itself does, so
+    ending a transaction (commit, close, callbacks) costs one switch to the event loop instead of
+    one per operation.
+    """
+    return await greenlet_spawn(drive, flow, value, error, _GREENLET_STEPS)
 
 
 def _call_from_sync(hook: Hook) -> object:
@@ -447,11 +447,9 @@ def _in_worker_thread() -> bool:
     return True
 
 
-async def _call_from_async(hook: Hook) -> object:
+def _call_in_greenlet(hook: Hook) -> object:
     result = hook()
-    if inspect.isawaitable(result):
-        return await result
-    return result
+    return await_only(result) if inspect.isawaitable(result) else result
 
 
 def _finish_sync(session: Any, is_request: bool) -> None:
@@ -459,9 +457,9 @@ def _finish_sync(session: Any, is_request: bool) -> None:
     session.close()
 
 
-async def _finish_async(session: Any, is_request: bool) -> None:
-    session.sync_session.info[FINISHED] = FINISHED_MESSAGE if is_request else ENDED_MESSAGE
-    await session.close()
+def _sync_view(target: Any) -> Any:
+    """The sync object behind an ``AsyncSession`` (a savepoint begun in a greenlet is sync)."""
+    return getattr(target, "sync_session", target)
 
 
 _SYNC_STEPS: dict[str, Callable[..., Any]] = {
@@ -476,15 +474,21 @@ _SYNC_STEPS: dict[str, Callable[..., Any]] = {
     "call": _call_from_sync,
 }
 
-_ASYNC_STEPS: dict[str, Callable[..., Any]] = {
-    "new_session": lambda manager, autocommit: manager._anew_session(autocommit=autocommit),
-    "connection": lambda session, options: session.connection(execution_options=options),
-    "execute": lambda session, sql: session.execute(text(sql)),
-    "begin_nested": lambda session: session.begin_nested(),
-    "commit": lambda target: target.commit(),
-    "rollback": lambda target: target.rollback(),
-    "close": lambda session: session.close(),
-    "finish": _finish_async,
-    "call": _call_from_async,
-    "settle": wait_until_idle,
+# The async side, inside one greenlet: AsyncSession steps act on its sync session; what must
+# run on the event loop (new async connections, async callbacks, waiting) goes through await_only.
+_GREENLET_STEPS: dict[str, Callable[..., Any]] = {
+    "new_session": lambda manager, autocommit: await_only(
+        manager._anew_session(autocommit=autocommit)
+    ),
+    "connection": lambda session, options: session.sync_session.connection(
+        execution_options=options
+    ),
+    "execute": lambda session, sql: session.sync_session.execute(text(sql)),
+    "begin_nested": lambda session: session.sync_session.begin_nested(),
+    "commit": lambda target: _sync_view(target).commit(),
+    "rollback": lambda target: _sync_view(target).rollback(),
+    "close": lambda session: session.sync_session.close(),
+    "finish": lambda session, is_request: _finish_sync(session.sync_session, is_request),
+    "call": _call_in_greenlet,
+    "settle": lambda session: await_only(wait_until_idle(session)),
 }
