@@ -55,6 +55,15 @@ def pool_timeout(pool: Pool) -> float:
     return float(timeout) if isinstance(timeout, int | float) else 30.0
 
 
+def _fastapi_shields_teardown() -> bool:
+    """FastAPI >= 0.14x shields the teardown of yield dependencies from cancellation itself."""
+    import fastapi.concurrency
+
+    return hasattr(fastapi.concurrency, "_asynccontextmanager_with_shielded_exit")
+
+
+FASTAPI_SHIELDS_TEARDOWN = _fastapi_shields_teardown()
+
 _OUR_FILES = str(Path(__file__).resolve().parent)
 _PLUMBING = ("contextlib.py", "functools.py")
 

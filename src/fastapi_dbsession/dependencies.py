@@ -11,6 +11,7 @@ scope is closed after the response is sent: a failing commit there still gives t
 # No "from __future__ import annotations" here: FastAPI reads these signatures at runtime.
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Literal
 
 from anyio import CancelScope
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
+from ._compat import FASTAPI_SHIELDS_TEARDOWN
 from ._sessions import has_work
 from ._units import Frame, Root, adrive, async_frames, drive, finish_root, sync_frames
 from .errors import ConfigurationError, PoolTimeoutError
@@ -110,13 +112,13 @@ def _scope_dependency(
                 try:
                     yield session
                 except BaseException:
-                    with CancelScope(shield=True):  # a cancelled request still rolls back
+                    with _shielded():  # a cancelled request still rolls back and closes
                         await finish(frame, False)
                     raise
                 commit = should_commit(
                     _route_policy(connection, manager), None, response.status_code
                 )
-                with CancelScope(shield=True):
+                with _shielded():
                     await finish(frame, commit)
             finally:
                 frames.reset(token)
@@ -125,6 +127,14 @@ def _scope_dependency(
                 gate.release()
 
     return request_session_scope
+
+
+_ALREADY_SHIELDED = nullcontext()
+
+
+def _shielded() -> AbstractContextManager[object]:
+    """Shield the teardown from cancellation, unless FastAPI already does."""
+    return _ALREADY_SHIELDED if FASTAPI_SHIELDS_TEARDOWN else CancelScope(shield=True)
 
 
 async def _finish_in_thread(frame: Frame, commit: bool) -> None:
