@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy.pool import NullPool, Pool, QueuePool, StaticPool
+from sqlalchemy.pool import Pool, QueuePool, StaticPool
 
 from ._urls import install_hint
 from .errors import MissingDriverError
@@ -44,9 +44,7 @@ def pool_capacity(pool: Pool) -> int | None:
         if max_overflow < 0:
             return None
         return pool.size() + max_overflow
-    if isinstance(pool, NullPool):
-        return None
-    return None
+    return None  # NullPool, SingletonThreadPool, custom pools: no bound we can rely on
 
 
 def pool_timeout(pool: Pool) -> float:
