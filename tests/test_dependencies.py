@@ -15,13 +15,24 @@ from fastapi_dbsession import (
     ConcurrentSessionUseError,
     DatabaseSessionManager,
     SessionFinishedError,
+    dependencies,
 )
 from tests.app import build_app
 from tests.conftest import Backend, PoolWatch
 
 
-@pytest.fixture
-def db(backend: Backend) -> DatabaseSessionManager:
+@pytest.fixture(params=["function-stack", "nested"])
+def db(
+    backend: Backend, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> DatabaseSessionManager:
+    """A manager whose request dependencies use one of the two ways of hooking into FastAPI.
+
+    "function-stack" (every supported FastAPI) pushes the ending onto FastAPI's function-scoped
+    exit stack; "nested" is the fallback for a FastAPI that would no longer expose that stack:
+    a ``scope="function"`` yield dependency. Every test here runs against both.
+    """
+    if request.param == "nested":
+        monkeypatch.setattr(dependencies, "FUNCTION_STACK_KEY", None)
     db = DatabaseSessionManager(backend.url, async_url=backend.async_url)
     _watches[id(db)] = {"sync": PoolWatch(db.engine), "async": PoolWatch(db.async_engine)}
     return db
@@ -44,6 +55,19 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 def checked_out(db: DatabaseSessionManager, side: str) -> int:
     """Connections the side's pool has handed out and not got back."""
     return _watches[id(db)][side].out
+
+
+def test_request_sessions_use_fastapis_function_stack(backend: Backend) -> None:
+    """On the FastAPI versions we test (newest and the oldest we declare), ``db.session`` is one
+    plain dependency ending on FastAPI's function-scoped exit stack, not the slower fallback."""
+    import inspect
+
+    from fastapi_dbsession import _compat
+
+    assert _compat.FUNCTION_STACK_KEY == "fastapi_function_astack"
+    db = DatabaseSessionManager(backend.url, async_url=backend.async_url)
+    for dependency in (db.session, db.async_session):
+        assert list(inspect.signature(dependency).parameters) == ["connection", "response"]
 
 
 def test_success_commits_before_response(

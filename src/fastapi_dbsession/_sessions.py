@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import event
@@ -48,10 +47,29 @@ ENDED_MESSAGE = (
 _S = TypeVar("_S", bound=Session)
 _A = TypeVar("_A", bound="AsyncSession")
 
-# Coroutine methods that do not take the guard: cleanup must always be able to run.
-_UNGUARDED = frozenset({"__aenter__", "__aexit__", "close", "aclose", "close_all", "invalidate"})
+# The sync methods AsyncSession's operations run (close and invalidate are left out: cleanup
+# must always be able to run).
+_OWNED = (
+    "commit",
+    "connection",
+    "delete",
+    "delete_all",
+    "exec",  # sqlmodel.Session's (its AsyncSession.exec runs it)
+    "execute",
+    "flush",
+    "get",
+    "get_one",
+    "merge",
+    "merge_all",
+    "refresh",
+    "reset",
+    "rollback",
+    "scalar",
+    "scalars",
+)
 
 _sync_classes: dict[type[Session], type[Session]] = {}
+_owned_classes: dict[type[Session], type[Session]] = {}
 _async_classes: dict[type[Any], type[Any]] = {}
 
 
@@ -73,11 +91,21 @@ def guarded_session_class(base: type[_S]) -> type[_S]:
     return cls  # type: ignore[return-value]
 
 
-def _guard(name: str, method: Callable[..., Awaitable[object]]) -> Callable[..., Awaitable[object]]:
+def _owned(name: str, method: Callable[..., object]) -> Callable[..., object]:
+    """Wrap a sync ``Session`` method so that one task at a time may be inside it.
+
+    It runs inside the greenlet ``AsyncSession`` starts for the operation, so the check costs
+    one plain call per operation rather than a coroutine frame that every resumption of the
+    operation (every database round trip) passes through.
+    """
+
     @functools.wraps(method)
-    async def guarded(self: Any, *args: Any, **kwargs: Any) -> object:
-        task = asyncio.current_task()
+    def owned(self: Any, *args: Any, **kwargs: Any) -> object:
         owner = self._fastapi_dbsession_owner
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no event loop running: a plain sync call, nothing to guard
+            return method(self, *args, **kwargs)
         if owner is not None and owner is not task:
             raise ConcurrentSessionUseError(
                 f"AsyncSession.{name}() was called from task {_task_name(task)} while task "
@@ -89,7 +117,7 @@ def _guard(name: str, method: Callable[..., Awaitable[object]]) -> Callable[...,
             )
         self._fastapi_dbsession_owner = task
         try:
-            return await method(self, *args, **kwargs)
+            return method(self, *args, **kwargs)
         finally:
             self._fastapi_dbsession_owner = owner
             if owner is None and self._fastapi_dbsession_idle_waiters:
@@ -98,11 +126,36 @@ def _guard(name: str, method: Callable[..., Awaitable[object]]) -> Callable[...,
                         waiter.set_result(None)
                 self._fastapi_dbsession_idle_waiters.clear()
 
-    return guarded
+    return owned
 
 
 def _task_name(task: asyncio.Task[Any] | None) -> str:
     return repr(task.get_name()) if task is not None else "<no task>"
+
+
+def _owned_session_class(base: type[_S]) -> type[_S]:
+    """The sync session class behind a guarded ``AsyncSession``: operations take the guard.
+
+    Every ``AsyncSession`` operation runs one of these methods in a greenlet (``scalars`` and
+    ``stream_scalars`` through ``execute`` and ``stream``, ``run_sync`` through whatever the
+    function calls), so guarding them guards the ``AsyncSession``.
+    """
+    guarded = guarded_session_class(base)
+    cls = _owned_classes.get(guarded)
+    if cls is None:
+        namespace: dict[str, object] = {
+            "__module__": base.__module__,
+            "_fastapi_dbsession_owner": None,
+            "_fastapi_dbsession_idle_waiters": (),
+        }
+        for name in _OWNED:
+            method = getattr(guarded, name, None)
+            if callable(method):
+                namespace[name] = _owned(name, method)
+        cls = type(base.__name__, (guarded,), namespace)
+        cls.__qualname__ = base.__qualname__
+        _owned_classes[guarded] = cls
+    return cls  # type: ignore[return-value]
 
 
 def guarded_async_session_class(base: type[_A]) -> type[_A]:
@@ -111,13 +164,8 @@ def guarded_async_session_class(base: type[_A]) -> type[_A]:
     if cls is None:
         namespace: dict[str, object] = {
             "__module__": base.__module__,
-            "_fastapi_dbsession_owner": None,
-            "_fastapi_dbsession_idle_waiters": (),
-            "sync_session_class": guarded_session_class(base.sync_session_class),
+            "sync_session_class": _owned_session_class(base.sync_session_class),
         }
-        for name, member in inspect.getmembers(base, inspect.iscoroutinefunction):
-            if name not in _UNGUARDED:
-                namespace[name] = _guard(name, member)
         cls = type(base.__name__, (base,), namespace)
         cls.__qualname__ = base.__qualname__
         _async_classes[base] = cls
@@ -129,17 +177,21 @@ def has_work(session: Session) -> bool:
     return session.in_transaction() or bool(session.new or session.dirty or session.deleted)
 
 
+def is_busy(session: AsyncSession) -> bool:
+    """Tell whether another task is inside an operation on ``session`` right now."""
+    owner = getattr(session.sync_session, "_fastapi_dbsession_owner", None)
+    return owner is not None and owner is not asyncio.current_task()
+
+
 async def wait_until_idle(session: AsyncSession) -> None:
     """Wait until no other task is inside an operation on ``session``.
 
     After ``asyncio.gather`` fails on a shared session, the other task may still be running a
     statement; closing under it would corrupt the session, so the request waits for it.
     """
-    owner = getattr(session, "_fastapi_dbsession_owner", None)
-    current = asyncio.current_task()
-    while owner is not None and owner is not current:
+    sync_session = session.sync_session
+    while is_busy(session):
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters = session.__dict__.setdefault("_fastapi_dbsession_idle_waiters", [])
+        waiters = sync_session.__dict__.setdefault("_fastapi_dbsession_idle_waiters", [])
         waiters.append(waiter)
         await waiter
-        owner = getattr(session, "_fastapi_dbsession_owner", None)

@@ -22,7 +22,14 @@ from sqlalchemy import text
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from ._compat import warn
-from ._sessions import ENDED_MESSAGE, FINISHED, FINISHED_MESSAGE, has_work, wait_until_idle
+from ._sessions import (
+    ENDED_MESSAGE,
+    FINISHED,
+    FINISHED_MESSAGE,
+    has_work,
+    is_busy,
+    wait_until_idle,
+)
 from .errors import (
     ConfigurationError,
     ConnectionDeadlockError,
@@ -340,8 +347,8 @@ def finish_root(root: Root, frame: Frame, *, commit: bool) -> Generator[Step, An
     root.ended = True
     doomed = commit and frame.doomed is not None
     committed = False
-    if sync_session is not session:  # async: let a task still inside an operation finish
-        yield ("settle", session)
+    if sync_session is not session and is_busy(session):
+        yield ("settle", session)  # async: let a task still inside an operation finish
     try:
         if root.reset_sql is not None:
             try:
@@ -427,7 +434,7 @@ async def adrive(flow: Flow, value: object = None, error: BaseException | None =
     ending a transaction (commit, close, callbacks) costs one switch to the event loop instead of
     one per operation.
     """
-    return await greenlet_spawn(drive, flow, value, error, _GREENLET_STEPS)
+    return await greenlet_spawn(drive, flow, value, error, GREENLET_STEPS)
 
 
 def _call_from_sync(hook: Hook) -> object:
@@ -476,7 +483,7 @@ _SYNC_STEPS: dict[str, Callable[..., Any]] = {
 
 # The async side, inside one greenlet: AsyncSession steps act on its sync session; what must
 # run on the event loop (new async connections, async callbacks, waiting) goes through await_only.
-_GREENLET_STEPS: dict[str, Callable[..., Any]] = {
+GREENLET_STEPS: dict[str, Callable[..., Any]] = {
     "new_session": lambda manager, autocommit: await_only(
         manager._anew_session(autocommit=autocommit)
     ),

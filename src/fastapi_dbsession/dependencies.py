@@ -1,17 +1,17 @@
 """Provide the request session dependencies: ``db.session`` and ``db.async_session``.
 
-``db.session`` is a plain ``async def`` dependency that depends on a ``scope="function"``
-yield dependency. FastAPI closes function-scoped dependencies after the endpoint and its
-response-model serialization, but *before* the response is sent, so the commit happens while
-the client can still be told it failed. (A yield dependency with the default ``"request"``
-scope is closed after the response is sent: a failing commit there still gives the client a
-2xx.)
+The request session ends where FastAPI ends ``scope="function"`` dependencies: after the
+endpoint and its response-model serialization, but *before* the response is sent, so the commit
+happens while the client can still be told it failed. (A yield dependency with the default
+``"request"`` scope is closed after the response is sent: a failing commit there still gives the
+client a 2xx.)
 """
 
 # No "from __future__ import annotations" here: FastAPI reads these signatures at runtime.
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AsyncExitStack
+from contextvars import Token
 from typing import TYPE_CHECKING, Any, Literal
 
 from anyio import CancelScope
@@ -20,9 +20,19 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
-from ._compat import FASTAPI_SHIELDS_TEARDOWN
-from ._sessions import has_work
-from ._units import Frame, Root, adrive, async_frames, drive, finish_root, sync_frames
+from ._capacity import CapacityGate
+from ._compat import FUNCTION_STACK_KEY
+from ._sessions import has_work, is_busy
+from ._units import (
+    GREENLET_STEPS,
+    Frame,
+    Root,
+    adrive,
+    async_frames,
+    drive,
+    finish_root,
+    sync_frames,
+)
 from .errors import ConfigurationError, PoolTimeoutError
 
 if TYPE_CHECKING:
@@ -82,94 +92,144 @@ def _route_policy(connection: HTTPConnection, manager: "DatabaseSessionManager")
     return chosen.get(id(manager), manager.default_commit_policy)
 
 
-def _scope_dependency(
-    manager: "DatabaseSessionManager", *, is_async: bool
-) -> Callable[..., AsyncIterator[Any]]:
-    """Build the function-scoped yield dependency behind ``db.session`` / ``db.async_session``.
+class _RequestUnit:
+    """Open and end the request transaction of one manager, for one side (sync or async).
 
-    One implementation for both sides; what differs is chosen here, once: the context
-    variable, how the session is finished (awaited, or in a worker thread for a sync session)
-    and the pool-capacity gate (sync only).
+    Both ways of hooking into FastAPI (below) use this one implementation.
     """
-    frames = async_frames if is_async else sync_frames
-    finish = _finish_async if is_async else _finish_in_thread
+
+    __slots__ = ("finish", "frames", "is_async", "manager")
+
+    def __init__(self, manager: "DatabaseSessionManager", *, is_async: bool) -> None:
+        self.manager = manager
+        self.is_async = is_async
+        self.frames = async_frames if is_async else sync_frames
+        self.finish = _finish_async if is_async else _finish_in_thread
+
+    async def open(self) -> tuple[Any, Frame, Token[Frame | None], CapacityGate | None]:
+        """Take a pool permit (sync), make the session and make it the context's unit."""
+        manager = self.manager
+        gate = None if self.is_async else manager._sync_capacity_gate()
+        if gate is not None and not await gate.acquire(gate.timeout):
+            raise PoolTimeoutError(gate.timeout_message)
+        session: Any
+        try:
+            if self.is_async:
+                session = await manager._anew_session()
+            else:
+                session = manager._new_session()
+        except BaseException:
+            if gate is not None:
+                gate.release()
+            raise
+        frame = Frame(
+            manager=manager,
+            root=Root(session=session, owns_session=True, is_request=True),
+            parent=self.frames.get(),
+        )
+        return session, frame, self.frames.set(frame), gate
+
+    async def end(
+        self,
+        opened: tuple[Any, Frame, Token[Frame | None], CapacityGate | None],
+        connection: HTTPConnection,
+        response: Response,
+        error: BaseException | None,
+    ) -> None:
+        """Commit or roll back (by the route's policy and what happened), close, run hooks."""
+        _, frame, token, gate = opened
+        try:
+            commit = error is None and should_commit(
+                _route_policy(connection, self.manager), None, response.status_code
+            )
+            await self.finish(frame, commit)
+        finally:
+            self.frames.reset(token)
+            if gate is not None:
+                gate.release()
+
+
+def _request_dependency(
+    manager: "DatabaseSessionManager", *, is_async: bool
+) -> Callable[..., Awaitable[Any]]:
+    """Build ``db.session`` / ``db.async_session``.
+
+    Where FastAPI keeps its function-scoped exit stack in the request scope (0.121 and later,
+    checked once at import), the dependency is one plain ``async def`` that opens the session
+    and pushes its ending onto that stack: the same moment a ``scope="function"`` yield
+    dependency ends, without a second dependency level or a generator per request. Otherwise
+    it is a plain dependency over a ``scope="function"`` yield dependency.
+    """
+    unit = _RequestUnit(manager, is_async=is_async)
+    if FUNCTION_STACK_KEY is None:
+        return _nested_dependency(unit)
+
+    async def request_session(connection: HTTPConnection, response: Response) -> Any:
+        stack: AsyncExitStack = connection.scope[FUNCTION_STACK_KEY]
+        opened = await unit.open()
+
+        async def end(
+            kind: type[BaseException] | None, error: BaseException | None, traceback: object
+        ) -> bool:
+            await unit.end(opened, connection, response, error)
+            return False  # never swallow what the endpoint raised
+
+        stack.push_async_exit(end)
+        return opened[0]
+
+    return request_session
+
+
+def _nested_dependency(unit: _RequestUnit) -> Callable[..., Awaitable[Any]]:
+    """The portable form: a plain dependency over a function-scoped yield dependency."""
 
     async def request_session_scope(
         connection: HTTPConnection, response: Response
     ) -> AsyncIterator[Any]:
-        gate = None if is_async else manager._sync_capacity_gate()
-        if gate is not None and not await gate.acquire(gate.timeout):
-            raise PoolTimeoutError(gate.timeout_message)
+        opened = await unit.open()
         try:
-            session = await manager._anew_session() if is_async else manager._new_session()
-            frame = Frame(
-                manager=manager,
-                root=Root(session=session, owns_session=True, is_request=True),
-                parent=frames.get(),
-            )
-            token = frames.set(frame)
-            try:
-                try:
-                    yield session
-                except BaseException:
-                    with _shielded():  # a cancelled request still rolls back and closes
-                        await finish(frame, False)
-                    raise
-                commit = should_commit(
-                    _route_policy(connection, manager), None, response.status_code
-                )
-                with _shielded():
-                    await finish(frame, commit)
-            finally:
-                frames.reset(token)
-        finally:
-            if gate is not None:
-                gate.release()
+            yield opened[0]
+        except BaseException as error:
+            await unit.end(opened, connection, response, error)
+            raise
+        await unit.end(opened, connection, response, None)
 
-    return request_session_scope
+    async def request_session(
+        session: Any = Depends(request_session_scope, scope="function"),
+    ) -> Any:
+        return session
 
-
-_ALREADY_SHIELDED = nullcontext()
-
-
-def _shielded() -> AbstractContextManager[object]:
-    """Shield the teardown from cancellation, unless FastAPI already does."""
-    return _ALREADY_SHIELDED if FASTAPI_SHIELDS_TEARDOWN else CancelScope(shield=True)
+    return request_session
 
 
 async def _finish_in_thread(frame: Frame, commit: bool) -> None:
     assert frame.root is not None
     flow = finish_root(frame.root, frame, commit=commit)
     if has_work(frame.root.session) or frame.on_commit or frame.on_rollback:
-        await run_in_threadpool(drive, flow)
-    else:  # nothing to send and no hooks: skip the thread hop
+        with CancelScope(shield=True):  # a cancelled request still rolls back and closes
+            await run_in_threadpool(drive, flow)
+    else:  # nothing to send and no hooks: no I/O, no thread hop
         drive(flow)
 
 
 async def _finish_async(frame: Frame, commit: bool) -> None:
     assert frame.root is not None
-    await adrive(finish_root(frame.root, frame, commit=commit))
+    session = frame.root.session
+    flow = finish_root(frame.root, frame, commit=commit)
+    if has_work(session.sync_session) or frame.on_commit or frame.on_rollback or is_busy(session):
+        with CancelScope(shield=True):  # a cancelled request still rolls back and closes
+            await adrive(flow)
+    else:  # nothing to send, no hooks, no other task inside: no I/O, no greenlet
+        drive(flow, steps=GREENLET_STEPS)
 
 
 def session_dependency(manager: "DatabaseSessionManager") -> Callable[..., Awaitable[Session]]:
     """Build ``db.session``: the request's sync session, finished before the response."""
-    scope = _scope_dependency(manager, is_async=False)
-
-    async def session(request_session: Session = Depends(scope, scope="function")) -> Session:
-        return request_session
-
-    return session
+    return _request_dependency(manager, is_async=False)
 
 
 def async_session_dependency(
     manager: "DatabaseSessionManager",
 ) -> "Callable[..., Awaitable[AsyncSession]]":
     """Build ``db.async_session``: the request's AsyncSession, finished before the response."""
-    scope = _scope_dependency(manager, is_async=True)
-
-    async def async_session(
-        request_session: Any = Depends(scope, scope="function"),
-    ) -> "AsyncSession":
-        return request_session  # type: ignore[no-any-return]
-
-    return async_session
+    return _request_dependency(manager, is_async=True)
