@@ -352,6 +352,10 @@ def measure(options: Options, server: Running, endpoint: str, inspector: Any) ->
 def throughput_scenario(
     options: Options, server: Any, database: str, inspector: Any, results: dict[str, Any]
 ) -> None:
+    """Each round: start every implementation, check its answers and warm it up; then, endpoint
+    by endpoint, load the implementations one after another (A B C … for read, A B C … for
+    write, …; the order reversed every other round). Paired runs are seconds apart, so drift in
+    what else the machine does weighs on both sides of a ratio alike."""
     env = server.env(database)
     correctness: dict[str, Any] = results["correctness"]
     runs: dict[str, Any] = results["throughput"]
@@ -360,31 +364,69 @@ def throughput_scenario(
         runs[impl.id] = {endpoint: [] for endpoint in ENDPOINTS}
     for round_number in range(1, options.rounds + 1):
         say(f"round {round_number}/{options.rounds}")
+        started = time.monotonic()
+        order = list(options.impls) if round_number % 2 else list(reversed(options.impls))
+        with contextlib.ExitStack() as servers:
+            running: dict[str, Running] = {}
+            for impl in order:
+                entry = correctness[impl.id]
+                started_impl = _start_checked(
+                    impl,
+                    options,
+                    env,
+                    inspector,
+                    entry=entry,
+                    round_number=round_number,
+                    servers=servers,
+                )
+                if started_impl is not None:
+                    running[impl.id] = started_impl
+            for endpoint in ENDPOINTS:
+                inspector.vacuum()
+                for impl in order:
+                    if impl.id not in running:
+                        runs[impl.id][endpoint].append({"problem": "did not run"})
+                        continue
+                    try:
+                        run = measure(options, running[impl.id], endpoint, inspector)
+                    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+                        run = {"problem": f"did not run: {exc}"[:300]}
+                        correctness[impl.id]["problems"].append(f"round {round_number}: {exc}")
+                    runs[impl.id][endpoint].append(run)
         for impl in options.impls:
-            inspector.vacuum()
-            started = time.monotonic()
-            try:
-                with serve(impl, options, env, f"round{round_number}") as running:
-                    port = running.port
-                    problems, notes = check_answers(port, inspector, f"{impl.id}-{round_number}")
-                    entry = correctness[impl.id]
-                    entry["problems"] += [f"round {round_number}: {p}" for p in problems]
-                    entry["notes"] = sorted(set(entry["notes"]) | set(notes))
-                    for endpoint in ENDPOINTS if options.warmup else ():
-                        run_load(options, port, endpoint, options.warmup)
-                    for endpoint in ENDPOINTS:
-                        runs[impl.id][endpoint].append(
-                            measure(options, running, endpoint, inspector)
-                        )
-            except (ServerFailed, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-                correctness[impl.id]["problems"].append(f"round {round_number}: {exc}")
-                for endpoint in ENDPOINTS:
-                    runs[impl.id][endpoint].append({"problem": f"did not run: {exc}"[:300]})
             summary = ", ".join(
                 f"{endpoint} {runs[impl.id][endpoint][-1].get('rps', 0):.0f}/s"
                 for endpoint in ENDPOINTS
             )
-            say(f"  {impl.id:<26} {summary}  ({time.monotonic() - started:.0f} s)")
+            say(f"  {impl.id:<26} {summary}")
+        say(f"  ({time.monotonic() - started:.0f} s)")
+
+
+def _start_checked(
+    impl: Impl,
+    options: Options,
+    env: dict[str, str],
+    inspector: Any,
+    *,
+    entry: dict[str, Any],
+    round_number: int,
+    servers: contextlib.ExitStack,
+) -> Running | None:
+    """Start ``impl`` for this round, check its answers (into ``entry``) and warm it up.
+
+    Returns None, with the reason in ``entry["problems"]``, if it could not serve.
+    """
+    try:
+        running = servers.enter_context(serve(impl, options, env, f"round{round_number}"))
+        problems, notes = check_answers(running.port, inspector, f"{impl.id}-{round_number}")
+        for endpoint in ENDPOINTS if options.warmup else ():
+            run_load(options, running.port, endpoint, options.warmup)
+    except (ServerFailed, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        entry["problems"].append(f"round {round_number}: {exc}")
+        return None
+    entry["problems"] += [f"round {round_number}: {problem}" for problem in problems]
+    entry["notes"] = sorted(set(entry["notes"]) | set(notes))
+    return running
 
 
 # -- scenario 2: pool starvation ---------------------------------------------------------
