@@ -33,6 +33,8 @@ MODULES = {
     "dbsession-sync": "dbsession_sync",
     "handwritten-async": "handwritten_async",
     "dbsession-async": "dbsession_async",
+    "handwritten-commit-sync": "handwritten_commit_sync",
+    "handwritten-commit-async": "handwritten_commit_async",
 }
 BASELINE = {"dbsession-sync": "handwritten-sync", "dbsession-async": "handwritten-async"}
 LIBRARY_PATH = "/fastapi_dbsession/"

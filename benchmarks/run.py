@@ -61,6 +61,13 @@ class Impl:
 IMPLS = (
     Impl("handwritten-sync", "handwritten_sync", "core", "sync", "hand-written get_db (baseline)"),
     Impl("dbsession-sync", "dbsession_sync", "core", "sync", "fastapi_dbsession"),
+    Impl(
+        "handwritten-commit-sync",
+        "handwritten_commit_sync",
+        "core",
+        "sync",
+        "hand-written get_db, commits before the response",
+    ),
     Impl("fastapi-sqla-sync", "fastapi_sqla_sync", "fastapi-sqla", "sync", "fastapi-sqla"),
     Impl(
         "advanced-alchemy-sync",
@@ -73,6 +80,13 @@ IMPLS = (
         "handwritten-async", "handwritten_async", "core", "async", "hand-written get_db (baseline)"
     ),
     Impl("dbsession-async", "dbsession_async", "core", "async", "fastapi_dbsession"),
+    Impl(
+        "handwritten-commit-async",
+        "handwritten_commit_async",
+        "core",
+        "async",
+        "hand-written get_db, commits before the response",
+    ),
     Impl("fastapi-sqla-async", "fastapi_sqla_async", "fastapi-sqla", "async", "fastapi-sqla"),
     Impl(
         "advanced-alchemy-async",
@@ -92,6 +106,7 @@ IMPLS = (
 )
 BY_ID = {impl.id: impl for impl in IMPLS}
 CORE_IDS = ("handwritten-sync", "dbsession-sync", "handwritten-async", "dbsession-async")
+SAFE_IDS = ("handwritten-commit-sync", "handwritten-commit-async")  # in-process too, if asked
 
 
 @dataclass
@@ -475,7 +490,7 @@ def starvation_scenario(
 
 
 def cpu_scenario(options: Options, server: Any, database: str, results: dict[str, Any]) -> None:
-    wanted = [impl.id for impl in options.impls if impl.id in CORE_IDS]
+    wanted = [impl.id for impl in options.impls if impl.id in (*CORE_IDS, *SAFE_IDS)]
     if not wanted:
         return
     say(f"per-request CPU cost in-process: {options.cpu_rounds} rounds x {options.cpu_requests}")

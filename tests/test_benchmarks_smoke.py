@@ -19,7 +19,7 @@ from sqlalchemy import make_url
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "benchmarks" / "run.py"
 IMPLS = ("handwritten-sync", "dbsession-sync", "handwritten-async", "dbsession-async")
-IMPLS += ("asyncpg-floor",)
+IMPLS += ("handwritten-commit-sync", "handwritten-commit-async", "asyncpg-floor")
 EXIT_NO_DATABASE = 3  # run.py's exit code when PostgreSQL does not answer
 POSTGRES_URL = os.environ.get(
     "FDBS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
