@@ -52,7 +52,7 @@ async def test_sharing_a_session_across_tasks_fails_clearly(
         assert watch.out == 0
         message = str(caught.value)
         assert "one task at a time" in message
-        assert "while task" in message  # names the task that holds the session
+        assert "while another task" in message
     finally:
         await db.async_dispose()
 

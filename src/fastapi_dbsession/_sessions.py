@@ -92,30 +92,30 @@ def guarded_session_class(base: type[_S]) -> type[_S]:
 
 
 def _owned(name: str, method: Callable[..., object]) -> Callable[..., object]:
-    """Wrap a sync ``Session`` method so that one task at a time may be inside it.
+    """Wrap a sync ``Session`` method so that one operation at a time may be inside it.
 
-    It runs inside the greenlet ``AsyncSession`` starts for the operation, so the check costs
-    one plain call per operation rather than a coroutine frame that every resumption of the
-    operation (every database round trip) passes through.
+    ``AsyncSession`` runs each operation in a greenlet of its own, so the greenlet identifies
+    the operation: a call from the greenlet already inside (``get`` calling ``execute``, say)
+    goes on, a call from another one is another task's operation and is refused. The check costs
+    one plain call per operation, not a coroutine frame that every database round trip of the
+    operation would pass through.
     """
+    from greenlet import getcurrent  # type: ignore[import-untyped]  # async sessions only
 
     @functools.wraps(method)
     def owned(self: Any, *args: Any, **kwargs: Any) -> object:
         owner = self._fastapi_dbsession_owner
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:  # no event loop running: a plain sync call, nothing to guard
-            return method(self, *args, **kwargs)
-        if owner is not None and owner is not task:
+        current = getcurrent()
+        if owner is not None and owner is not current:
             raise ConcurrentSessionUseError(
-                f"AsyncSession.{name}() was called from task {_task_name(task)} while task "
-                f"{_task_name(owner)} is still inside an operation on the same session. An "
+                f"AsyncSession.{name}() was called from task {_current_task_name()} while "
+                "another task is still inside an operation on the same session. An "
                 "AsyncSession (and its connection) serves one task at a time: do not share it "
                 "across asyncio.gather(), TaskGroup or create_task(). Give each concurrent task "
                 'its own session, e.g. "async with db.async_transaction() as session:", or '
                 "await the operations one after another."
             )
-        self._fastapi_dbsession_owner = task
+        self._fastapi_dbsession_owner = current
         try:
             return method(self, *args, **kwargs)
         finally:
@@ -129,7 +129,11 @@ def _owned(name: str, method: Callable[..., object]) -> Callable[..., object]:
     return owned
 
 
-def _task_name(task: asyncio.Task[Any] | None) -> str:
+def _current_task_name() -> str:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop in this thread
+        task = None
     return repr(task.get_name()) if task is not None else "<no task>"
 
 
@@ -178,9 +182,9 @@ def has_work(session: Session) -> bool:
 
 
 def is_busy(session: AsyncSession) -> bool:
-    """Tell whether another task is inside an operation on ``session`` right now."""
-    owner = getattr(session.sync_session, "_fastapi_dbsession_owner", None)
-    return owner is not None and owner is not asyncio.current_task()
+    """Tell whether an operation on ``session`` is in progress (in another task: the caller,
+    which is about to end the session, is not inside one)."""
+    return getattr(session.sync_session, "_fastapi_dbsession_owner", None) is not None
 
 
 async def wait_until_idle(session: AsyncSession) -> None:
