@@ -1,6 +1,6 @@
 """Benchmark fastapi_dbsession against the hand-written pattern, the peer libraries and a floor.
 
-    python3 benchmarks/run.py            # full run (~25 min on 2 cores), see benchmarks/README.md
+    python3 benchmarks/run.py            # full run (~30 min on 2 cores), see benchmarks/README.md
     python3 benchmarks/run.py --quick    # a second or two per app, correctness checks on
 
 Three scenarios: (1) throughput and latency of real uvicorn servers (CPU 0) under wrk (CPU 1),
