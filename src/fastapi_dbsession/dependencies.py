@@ -143,6 +143,8 @@ class _RequestUnit:
                 _route_policy(connection, self.manager), None, response.status_code
             )
             await self.finish(frame, commit)
+            if error is None:
+                logger.debug("request session %s", "committed" if commit else "rolled back")
         finally:
             self.frames.reset(token)
             if gate is not None:
