@@ -98,13 +98,12 @@ class _RequestUnit:
     Both ways of hooking into FastAPI (below) use this one implementation.
     """
 
-    __slots__ = ("finish", "frames", "is_async", "manager")
+    __slots__ = ("frames", "is_async", "manager")
 
     def __init__(self, manager: "DatabaseSessionManager", *, is_async: bool) -> None:
         self.manager = manager
         self.is_async = is_async
         self.frames = async_frames if is_async else sync_frames
-        self.finish = _finish_async if is_async else _finish_in_thread
 
     async def open(self) -> tuple[Any, Frame, Token[Frame | None], CapacityGate | None]:
         """Take a pool permit (sync), make the session and make it the context's unit."""
@@ -142,7 +141,7 @@ class _RequestUnit:
             commit = error is None and should_commit(
                 _route_policy(connection, self.manager), None, response.status_code
             )
-            await self.finish(frame, commit)
+            await _finish(frame, commit, is_async=self.is_async)
             if error is None:
                 logger.debug("request session %s", "committed" if commit else "rolled back")
         finally:
@@ -204,25 +203,31 @@ def _nested_dependency(unit: _RequestUnit) -> Callable[..., Awaitable[Any]]:
     return request_session
 
 
-async def _finish_in_thread(frame: Frame, commit: bool) -> None:
-    assert frame.root is not None
-    flow = finish_root(frame.root, frame, commit=commit)
-    if has_work(frame.root.session) or frame.on_commit or frame.on_rollback:
-        with CancelScope(shield=True):  # a cancelled request still rolls back and closes
-            await run_in_threadpool(drive, flow)
-    else:  # nothing to send and no hooks: no I/O, no thread hop
-        drive(flow)
-
-
-async def _finish_async(frame: Frame, commit: bool) -> None:
+def _needs_io(frame: Frame) -> bool:
+    """Whether ending ``frame``'s transaction sends anything, runs hooks or must wait for a
+    task still inside the session; if not, it ends right here, without I/O."""
     assert frame.root is not None
     session = frame.root.session
+    sync_session = getattr(session, "sync_session", session)
+    return (
+        has_work(sync_session)
+        or bool(frame.on_commit or frame.on_rollback)
+        or (sync_session is not session and is_busy(session))
+    )
+
+
+async def _finish(frame: Frame, commit: bool, *, is_async: bool) -> None:
+    """End the request transaction: in a worker thread (sync) or one greenlet (async)."""
+    assert frame.root is not None
     flow = finish_root(frame.root, frame, commit=commit)
-    if has_work(session.sync_session) or frame.on_commit or frame.on_rollback or is_busy(session):
-        with CancelScope(shield=True):  # a cancelled request still rolls back and closes
+    if not _needs_io(frame):  # no thread hop, no greenlet
+        drive(flow, steps=GREENLET_STEPS if is_async else None)
+        return
+    with CancelScope(shield=True):  # a cancelled request still rolls back and closes
+        if is_async:
             await adrive(flow)
-    else:  # nothing to send, no hooks, no other task inside: no I/O, no greenlet
-        drive(flow, steps=GREENLET_STEPS)
+        else:
+            await run_in_threadpool(drive, flow)
 
 
 def session_dependency(manager: "DatabaseSessionManager") -> Callable[..., Awaitable[Session]]:
