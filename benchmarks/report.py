@@ -263,7 +263,7 @@ def _cpu(results: dict[str, Any]) -> list[str]:
             if endpoint not in runs[ours]:
                 continue
             pairs = list(zip(runs[ours][endpoint], runs[base][endpoint], strict=False))
-            diffs = [o["cpu_us"] - b["cpu_us"] for o, b in pairs]
+            diffs = _cpu_differences(runs, ours, base, endpoint)
             base_cpu = _median([b["cpu_us"] for _, b in pairs])
             our_cpu = _median([o["cpu_us"] for o, _ in pairs])
             overhead = _median(diffs)
@@ -299,12 +299,17 @@ def _cpu(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cpu_differences(runs: dict[str, Any], ours: str, other: str, endpoint: str) -> list[float]:
+    """Per round: our CPU µs per request minus ``other``'s, in the same round."""
+    pairs = zip(runs[ours][endpoint], runs[other][endpoint], strict=False)
+    return [o["cpu_us"] - b["cpu_us"] for o, b in pairs]
+
+
 def _safe_overhead(runs: dict[str, Any], ours: str, safe: str, endpoint: str) -> str:
     """Median over rounds of (ours - the hand-written get_db that commits first), or '-'."""
     if endpoint not in runs.get(safe, {}):
         return "-"
-    pairs = zip(runs[ours][endpoint], runs[safe][endpoint], strict=False)
-    return _fmt(_median([o["cpu_us"] - b["cpu_us"] for o, b in pairs]), 1)
+    return _fmt(_median(_cpu_differences(runs, ours, safe, endpoint)), 1)
 
 
 def _versions(results: dict[str, Any]) -> list[str]:
