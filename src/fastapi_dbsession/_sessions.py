@@ -73,6 +73,13 @@ _owned_classes: dict[type[Session], type[Session]] = {}
 _async_classes: dict[type[Any], type[Any]] = {}
 
 
+def _named_like(base: type[Any], parent: type[Any], namespace: dict[str, object]) -> type[Any]:
+    """A subclass of ``parent`` that shows ``base``'s name, qualified name and module."""
+    cls = type(base.__name__, (parent,), {"__module__": base.__module__, **namespace})
+    cls.__qualname__ = base.__qualname__
+    return cls
+
+
 def _refuse_finished(session: Session, transaction: SessionTransaction) -> None:
     message = session.info.get(FINISHED)
     if message is not None and transaction.parent is None:
@@ -84,8 +91,7 @@ def guarded_session_class(base: type[_S]) -> type[_S]:
     """Return the subclass of ``base`` that refuses to restart once finished."""
     cls = _sync_classes.get(base)
     if cls is None:
-        cls = type(base.__name__, (base,), {"__module__": base.__module__})
-        cls.__qualname__ = base.__qualname__
+        cls = _named_like(base, base, {})
         event.listen(cls, "after_transaction_create", _refuse_finished)
         _sync_classes[base] = cls
     return cls  # type: ignore[return-value]
@@ -148,7 +154,6 @@ def _owned_session_class(base: type[_S]) -> type[_S]:
     cls = _owned_classes.get(guarded)
     if cls is None:
         namespace: dict[str, object] = {
-            "__module__": base.__module__,
             "_fastapi_dbsession_owner": None,
             "_fastapi_dbsession_idle_waiters": (),
         }
@@ -156,8 +161,7 @@ def _owned_session_class(base: type[_S]) -> type[_S]:
             method = getattr(guarded, name, None)
             if callable(method):
                 namespace[name] = _owned(name, method)
-        cls = type(base.__name__, (guarded,), namespace)
-        cls.__qualname__ = base.__qualname__
+        cls = _named_like(base, guarded, namespace)
         _owned_classes[guarded] = cls
     return cls  # type: ignore[return-value]
 
@@ -166,12 +170,8 @@ def guarded_async_session_class(base: type[_A]) -> type[_A]:
     """Return the subclass of ``base`` with the concurrency and finished-session guards."""
     cls = _async_classes.get(base)
     if cls is None:
-        namespace: dict[str, object] = {
-            "__module__": base.__module__,
-            "sync_session_class": _owned_session_class(base.sync_session_class),
-        }
-        cls = type(base.__name__, (base,), namespace)
-        cls.__qualname__ = base.__qualname__
+        sync_class = _owned_session_class(base.sync_session_class)
+        cls = _named_like(base, base, {"sync_session_class": sync_class})
         _async_classes[base] = cls
     return cls
 
