@@ -62,9 +62,6 @@ def test_request_sessions_use_fastapis_function_stack(backend: Backend) -> None:
     plain dependency ending on FastAPI's function-scoped exit stack, not the slower fallback."""
     import inspect
 
-    from fastapi_dbsession import _compat
-
-    assert _compat.FUNCTION_STACK_KEY == "fastapi_function_astack"
     db = DatabaseSessionManager(backend.url, async_url=backend.async_url)
     for dependency in (db.session, db.async_session):
         assert list(inspect.signature(dependency).parameters) == ["connection", "response"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import text
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool, StaticPool
 
@@ -21,6 +22,7 @@ from fastapi_dbsession import (
     MissingDriverError,
 )
 from tests.conftest import Backend
+from tests.models import Item
 
 SENTINEL = "s3cr3t-Sentinel-pw"
 
@@ -159,14 +161,12 @@ def test_sqlite_defaults(tmp_path: Path) -> None:
     memory.dispose()
 
 
-def test_server_defaults_and_overrides() -> None:
-    db = DatabaseSessionManager("postgresql+psycopg://app@db/app")
-    assert db.engine.pool._pre_ping is True  # type: ignore[attr-defined]
+def test_engine_options_reach_the_pool() -> None:
+    """(The pre-ping default is proven by killing connections: tests/test_stale_connections.py.)"""
     overridden = DatabaseSessionManager(
         "postgresql+psycopg://app@db/app",
         engine_options={"pool_pre_ping": False, "pool_size": 2, "max_overflow": 0},
     )
-    assert overridden.engine.pool._pre_ping is False  # type: ignore[attr-defined]
     assert overridden.engine.pool.size() == 2  # type: ignore[attr-defined]
 
 
@@ -175,21 +175,56 @@ def test_sqlite_memory_pool_can_be_overridden() -> None:
     assert isinstance(db.engine.pool, QueuePool)
 
 
-def test_async_sessions_do_not_expire_on_commit_unless_asked() -> None:
-    db = DatabaseSessionManager("sqlite://")
-    assert db._async_session_factory.kw["expire_on_commit"] is False
-    assert db._session_factory.kw.get("expire_on_commit", True) is True
-    asked = DatabaseSessionManager("sqlite://", async_session_options={"expire_on_commit": True})
-    assert asked._async_session_factory.kw["expire_on_commit"] is True
+def _committed_item(db: DatabaseSessionManager, *, is_async: bool) -> Item:
+    """An Item committed by a unit of work, as the code after the unit sees it."""
+    import asyncio
+    import uuid
+
+    name = f"ada-{uuid.uuid4().hex[:8]}"
+    if not is_async:
+        with db.transaction() as session:
+            item = Item(name=name)
+            session.add(item)
+        return item
+
+    async def commit() -> Item:
+        async with db.async_transaction() as session:
+            item = Item(name=name)
+            session.add(item)
+            await session.flush()
+        await db.async_dispose()
+        return item
+
+    return asyncio.run(commit())
 
 
-def test_engines_are_created_once_and_lazily() -> None:
+def test_async_sessions_do_not_expire_on_commit_unless_asked(backend: Backend) -> None:
+    """After an async commit the object stays readable (no MissingGreenlet); sync sessions
+    keep SQLAlchemy's default and expire it; async_session_options can ask for expiry."""
+    db = DatabaseSessionManager(backend.url, async_url=backend.async_url)
+    assert not sa_inspect(_committed_item(db, is_async=True)).expired_attributes
+    assert _committed_item(db, is_async=True).name.startswith("ada")
+    assert "name" in sa_inspect(_committed_item(db, is_async=False)).expired_attributes
+    asked = DatabaseSessionManager(
+        backend.url, async_url=backend.async_url, async_session_options={"expire_on_commit": True}
+    )
+    assert "name" in sa_inspect(_committed_item(asked, is_async=True)).expired_attributes
+    db.dispose()
+    asked.dispose()
+
+
+def _created_engines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage().split()[1] for r in caplog.records if "created" in r.getMessage()]
+
+
+def test_engines_are_created_once_and_lazily(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fastapi_dbsession")
     db = DatabaseSessionManager("sqlite://")
-    assert db._engine is None
-    assert db._async_engine is None
+    assert _created_engines(caplog) == []
     assert db.engine is db.engine
-    assert db._async_engine is None  # the sync side never touched the async driver
+    assert _created_engines(caplog) == ["sync"]  # the sync side never touched the async driver
     assert db.async_engine is db.async_engine
+    assert _created_engines(caplog) == ["sync", "async"]
 
 
 def test_password_never_shows(caplog: pytest.LogCaptureFixture) -> None:
@@ -220,19 +255,28 @@ def test_lifespan_startup_check_names_the_masked_url() -> None:
     assert "app:***@127.0.0.1:1/app" in str(caught.value)
 
 
-def test_lifespan_checks_async_url_and_disposes_engines(backend: Backend) -> None:
+def test_lifespan_checks_async_url_and_disposes_engines(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fastapi_dbsession")
     db = DatabaseSessionManager(backend.url, async_url=backend.async_url)
     with TestClient(FastAPI(lifespan=db.lifespan)):
-        assert db._engine is not None
-        assert db._async_engine is not None
-    assert db._engine is None
-    assert db._async_engine is None
+        assert _created_engines(caplog) == ["sync", "async"]  # both checked at startup
+        engine = db.engine
+        assert engine.pool.checkedin() == 1  # the startup check's connection, back in the pool
+    disposed = [r.getMessage().split()[1] for r in caplog.records if "disposed" in r.getMessage()]
+    assert sorted(disposed) == ["async", "sync"]
+    assert engine.pool.checkedin() == 0  # closed at shutdown...
+    assert db.engine is not engine  # ...and a new engine on next use
 
 
-def test_lifespan_does_not_check_a_derived_twin(backend: Backend) -> None:
+def test_lifespan_does_not_check_a_derived_twin(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fastapi_dbsession")
     db = DatabaseSessionManager(backend.url)
     with TestClient(FastAPI(lifespan=db.lifespan)):
-        assert db._async_engine is None
+        assert _created_engines(caplog) == ["sync"]
 
 
 def test_lifespan_composes_with_the_apps_own(backend: Backend) -> None:
@@ -249,7 +293,7 @@ def test_lifespan_composes_with_the_apps_own(backend: Backend) -> None:
         seen.append("stopped")
 
     with TestClient(FastAPI(lifespan=lifespan)):
-        assert db._engine is not None
+        assert seen == ["started"]
     assert seen == ["started", "stopped"]
 
 
@@ -264,7 +308,6 @@ def test_from_env_reads_url_and_pool_options(monkeypatch: pytest.MonkeyPatch) ->
 
     assert str(db.url) == "postgresql+psycopg://app@db/app"
     assert db.engine.pool.size() == 7  # type: ignore[attr-defined]
-    assert db.engine.pool._pre_ping is False  # type: ignore[attr-defined]
     assert db.default_commit_policy == "manual"
 
 

@@ -172,7 +172,13 @@ def test_nothing_left(db_isolation):
 """
 
 
-def _configure(pytester: pytest.Pytester, backend: Backend, url: URL, **ini: str) -> None:
+def _configure(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    backend: Backend,
+    url: URL,
+    **ini: str,
+) -> None:
     pytester.makepyfile(sample_app=APP)
     options = {
         "dbsession_manager": '"sample_app:db"',
@@ -184,10 +190,8 @@ def _configure(pytester: pytest.Pytester, backend: Backend, url: URL, **ini: str
         "[tool.pytest.ini_options]\n" + "\n".join(f"{k} = {v}" for k, v in options.items())
     )
     async_url = url.set(drivername=backend.async_url.drivername)
-    pytester._monkeypatch.setenv("SAMPLE_URL", url.render_as_string(hide_password=False))
-    pytester._monkeypatch.setenv(
-        "SAMPLE_ASYNC_URL", async_url.render_as_string(hide_password=False)
-    )
+    monkeypatch.setenv("SAMPLE_URL", url.render_as_string(hide_password=False))
+    monkeypatch.setenv("SAMPLE_ASYNC_URL", async_url.render_as_string(hide_password=False))
 
 
 def _create_table(url: URL) -> None:
@@ -229,9 +233,9 @@ def sample_url(backend: Backend) -> URL:
 
 
 def test_isolation_covers_the_apps_own_commits_sync(
-    pytester: pytest.Pytester, backend: Backend, sample_url: URL
+    pytester: pytest.Pytester, backend: Backend, sample_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _configure(pytester, backend, sample_url)
+    _configure(pytester, monkeypatch, backend, sample_url)
     pytester.makepyfile(test_sync=SYNC_TESTS)
 
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
@@ -241,9 +245,9 @@ def test_isolation_covers_the_apps_own_commits_sync(
 
 
 def test_isolation_for_async_tests_with_anyio_and_pytest_asyncio(
-    pytester: pytest.Pytester, backend: Backend, sample_url: URL
+    pytester: pytest.Pytester, backend: Backend, sample_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _configure(pytester, backend, sample_url)
+    _configure(pytester, monkeypatch, backend, sample_url)
     pytester.makepyfile(test_async=ASYNC_TESTS)
 
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
@@ -252,10 +256,12 @@ def test_isolation_for_async_tests_with_anyio_and_pytest_asyncio(
     assert _count(sample_url) == 0
 
 
-def test_in_memory_sqlite(pytester: pytest.Pytester, tmp_path: object) -> None:
+def test_in_memory_sqlite(
+    pytester: pytest.Pytester, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
     memory = URL.create("sqlite")
     backend = Backend("sqlite", memory, memory.set(drivername="sqlite+aiosqlite"))
-    _configure(pytester, backend, memory)
+    _configure(pytester, monkeypatch, backend, memory)
     pytester.makeconftest(
         """
         import pytest
@@ -275,9 +281,9 @@ def test_in_memory_sqlite(pytester: pytest.Pytester, tmp_path: object) -> None:
 
 
 def test_query_budget_failure_lists_the_statements(
-    pytester: pytest.Pytester, backend: Backend, sample_url: URL
+    pytester: pytest.Pytester, backend: Backend, sample_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _configure(pytester, backend, sample_url)
+    _configure(pytester, monkeypatch, backend, sample_url)
     pytester.makepyfile(
         test_budget=textwrap.dedent(
             """
@@ -300,9 +306,9 @@ def test_query_budget_failure_lists_the_statements(
 
 
 def test_leak_check_names_the_table(
-    pytester: pytest.Pytester, backend: Backend, sample_url: URL
+    pytester: pytest.Pytester, backend: Backend, sample_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _configure(pytester, backend, sample_url, dbsession_leak_check="true")
+    _configure(pytester, monkeypatch, backend, sample_url, dbsession_leak_check="true")
     pytester.makepyfile(
         test_leak=textwrap.dedent(
             """
@@ -333,8 +339,10 @@ def test_leak_check_names_the_table(
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
-def test_fresh_database_per_xdist_worker(pytester: pytest.Pytester, backend: Backend) -> None:
-    _configure(pytester, backend, backend.url, dbsession_create_database="true")
+def test_fresh_database_per_xdist_worker(
+    pytester: pytest.Pytester, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _configure(pytester, monkeypatch, backend, backend.url, dbsession_create_database="true")
     pytester.makepyfile(
         test_workers=textwrap.dedent(
             """
@@ -418,9 +426,9 @@ async def test_and_nothing_is_left(db_isolation):
 
 
 def test_async_propagation_and_query_counting_inside_isolation(
-    pytester: pytest.Pytester, backend: Backend, sample_url: URL
+    pytester: pytest.Pytester, backend: Backend, sample_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _configure(pytester, backend, sample_url)
+    _configure(pytester, monkeypatch, backend, sample_url)
     pytester.makepyfile(test_async_units=ASYNC_UNITS_TESTS)
 
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
@@ -458,9 +466,9 @@ def create(name: str, session: Session = Depends(get_db)) -> int:
 
 
 def test_override_helper_isolates_a_hand_wired_app(
-    pytester: pytest.Pytester, backend: Backend, sample_url: URL
+    pytester: pytest.Pytester, backend: Backend, sample_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _configure(pytester, backend, sample_url)
+    _configure(pytester, monkeypatch, backend, sample_url)
     pytester.makepyfile(hand_wired=HAND_WIRED_APP)
     pytester.makepyfile(
         test_hand_wired=textwrap.dedent(
@@ -492,9 +500,12 @@ def test_override_helper_isolates_a_hand_wired_app(
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-def test_test_database_migrated_with_alembic(pytester: pytest.Pytester, backend: Backend) -> None:
+def test_test_database_migrated_with_alembic(
+    pytester: pytest.Pytester, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _configure(
         pytester,
+        monkeypatch,
         backend,
         backend.url,
         dbsession_create_database="true",

@@ -281,9 +281,9 @@ def test_wrong_kind_of_session_is_a_clear_error(db: DatabaseSessionManager) -> N
         pass
 
     with pytest.raises(ConfigurationError, match="sync function but was given an AsyncSession"):
-        sync_work(db._async_session_factory())
+        sync_work(AsyncSession(db.async_engine))
     with pytest.raises(ConfigurationError, match="async function but was given a sync Session"):
-        asyncio.run(async_work(db._session_factory()))
+        asyncio.run(async_work(Session(db.engine)))
 
 
 def test_generators_cannot_be_decorated() -> None:
@@ -333,10 +333,12 @@ class Session2:  # not SQLAlchemy's, whatever its name
     pass
 
 
-def _found(func: Any) -> str | None:
-    from fastapi_dbsession.decorators import _session_parameter
-
-    return _session_parameter(func)[0]
+def _received(db: DatabaseSessionManager, func: Any) -> list[str]:
+    """The parameters in which ``@db.transactional`` passed ``func`` a session."""
+    call = db.transactional(func)
+    args = (1,) if "x" in inspect.signature(func).parameters else ()
+    result = asyncio.run(call(*args)) if inspect.iscoroutinefunction(func) else call(*args)
+    return [name for name, value in result.items() if isinstance(value, Session | AsyncSession)]
 
 
 def test_the_session_parameter_is_found_by_name_or_by_annotation(
@@ -344,23 +346,41 @@ def test_the_session_parameter_is_found_by_name_or_by_annotation(
 ) -> None:
     from typing import Annotated
 
-    def by_name(x: int, session: object) -> None: ...
-    def by_class(x: int, db_session: Session) -> None: ...
-    def by_async_class(s: AsyncSession) -> None: ...
-    def by_string(x: int, s: "AsyncSession") -> None: ...
-    def by_annotated(s: Annotated[Session, Depends(db.session)]) -> None: ...
-    def by_optional(s: Session | None = None) -> None: ...
-    def keyword_only(*, s: Session) -> None: ...
-    def none(x: int, other: Session2) -> None: ...
+    def by_name(x: int, session: object = None) -> dict[str, object]:
+        return locals()
 
-    assert _found(by_name) == "session"
-    assert _found(by_class) == "db_session"
-    assert _found(by_async_class) == "s"
-    assert _found(by_string) == "s"
-    assert _found(by_annotated) == "s"
-    assert _found(by_optional) == "s"
-    assert _found(keyword_only) == "s"
-    assert _found(none) is None
+    def by_class(x: int, db_session: Session = CURRENT_SESSION) -> dict[str, object]:
+        return locals()
+
+    async def by_async_class(s: AsyncSession = CURRENT_SESSION) -> dict[str, object]:
+        return locals()
+
+    async def by_string(x: int, s: "AsyncSession" = CURRENT_SESSION) -> dict[str, object]:
+        return locals()
+
+    def by_annotated(
+        s: Annotated[Session, Depends(db.session)] = CURRENT_SESSION,
+    ) -> dict[str, object]:
+        return locals()
+
+    def by_optional(s: Session | None = None) -> dict[str, object]:
+        return locals()
+
+    def keyword_only(*, s: Session = CURRENT_SESSION) -> dict[str, object]:
+        return locals()
+
+    def none(x: int, other: Session2 | None = None) -> dict[str, object]:
+        return locals()
+
+    assert _received(db, by_name) == ["session"]
+    assert _received(db, by_class) == ["db_session"]
+    assert _received(db, by_async_class) == ["s"]
+    assert _received(db, by_string) == ["s"]
+    assert _received(db, by_annotated) == ["s"]
+    assert _received(db, by_optional) == ["s"]
+    assert _received(db, keyword_only) == ["s"]
+    assert _received(db, none) == []
+    db.dispose()
 
 
 def test_a_positional_only_session_is_refused() -> None:
@@ -393,7 +413,7 @@ def test_hooks_in_a_unit_on_a_callers_own_session_are_refused(
     def bare_work(session: Session) -> None:
         db.on_commit(lambda: None)
 
-    own = db._session_factory()  # the caller's own session: the caller commits it
+    own = Session(db.engine)  # the caller's own session: the caller commits it
     with pytest.raises(NoActiveTransactionError, match="passed in by the caller"):
         work(own)
     with pytest.raises(NoActiveTransactionError, match="none is active"):

@@ -3,7 +3,6 @@
 import logging
 
 from .decorators import CURRENT_SESSION, transactional
-from .dependencies import CommitPolicy
 from .errors import (
     ConcurrentSessionUseError,
     ConfigurationError,
@@ -20,7 +19,7 @@ from .errors import (
     UnexpectedRollbackError,
 )
 from .manager import DatabaseSessionManager
-from .propagation import Propagation
+from .propagation import CommitPolicy, Propagation
 
 __all__ = [
     "CURRENT_SESSION",

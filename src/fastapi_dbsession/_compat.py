@@ -1,11 +1,10 @@
-"""Keep version, driver and pool differences in one place."""
+"""Keep driver, pool and interpreter differences in one place."""
 
 from __future__ import annotations
 
-import sys
+import inspect
 import warnings
 from pathlib import Path
-from types import CodeType
 from typing import TYPE_CHECKING
 
 from sqlalchemy.pool import Pool, QueuePool, StaticPool
@@ -54,39 +53,14 @@ def pool_timeout(pool: Pool) -> float:
     return float(timeout) if isinstance(timeout, int | float) else 30.0
 
 
-def _function_stack_key() -> str | None:
-    """The request-scope key of FastAPI's function-scoped exit stack, if this FastAPI has it.
-
-    FastAPI (0.121 and later) keeps the exit stack that ends ``scope="function"`` dependencies
-    in ``scope["fastapi_function_astack"]``. The key is not public API, so it is looked for in
-    ``fastapi.routing``'s code, where FastAPI sets it, rather than assumed: if a later FastAPI
-    renames it, the request dependencies fall back to a ``scope="function"`` yield dependency.
-    """
-    import fastapi.routing
-
-    key = "fastapi_function_astack"
-
-    def sets_key(code: CodeType) -> bool:
-        return any(
-            const == key or (isinstance(const, CodeType) and sets_key(const))
-            for const in code.co_consts
-        )
-
-    for function in (fastapi.routing.request_response, fastapi.routing.websocket_session):
-        if not sets_key(function.__code__):
-            return None
-    return key
-
-
-FUNCTION_STACK_KEY = _function_stack_key()
-
 _OUR_FILES = str(Path(__file__).resolve().parent)
 _PLUMBING = ("contextlib.py", "functools.py")
 
 
 def warn(message: str, category: type[Warning]) -> None:
     """Warn at the user's line: the first caller outside this package and contextlib."""
-    frame = sys._getframe(1)
+    frame = inspect.currentframe()
+    assert frame is not None  # CPython and PyPy both have frames
     while frame.f_back is not None and (
         frame.f_code.co_filename.startswith(_OUR_FILES)
         or frame.f_code.co_filename.endswith(_PLUMBING)

@@ -1,10 +1,10 @@
 """Run units of work: one generator decides every step, two small drivers do the I/O.
 
 A unit of work (a request session, ``db.transaction()``, a ``@transactional`` call) is the
-generator :func:`unit_flow`. It yields *steps* (``("commit", session)``, ``("body",
-session)``, ...) and receives their outcomes, exactly as httpx's ``auth_flow`` does;
-:func:`drive` performs a step with plain calls, :func:`adrive` with ``await``. Every
-decision (join or begin, savepoint, rollback-only, hooks, options) is made once, here.
+generator :func:`unit_flow`. It yields typed *steps* (``Commit(session)``, ``Body(session)``,
+...) and receives their outcomes, exactly as httpx's ``auth_flow`` does; :func:`drive`
+performs a step with plain calls, :func:`async_drive` with the same calls inside one greenlet.
+Every decision (join or begin, savepoint, rollback-only, hooks, options) is made once, here.
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from anyio import from_thread
 from sqlalchemy import text
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from ._compat import warn
+from ._frames import Frame, Hook, Root, active_frame, describe, frame_of_session, hooks_owner
+from ._frames import sync_view as _sync_view
 from ._sessions import (
     ENDED_MESSAGE,
     FINISHED,
@@ -36,151 +37,142 @@ from .errors import (
     DBSessionWarning,
     UnexpectedRollbackError,
 )
-from .propagation import Action, Active, Propagation, plan_unit_of_work, should_roll_back
+from .propagation import Action, UnitOptions, plan_unit_of_work, should_roll_back
 
 if TYPE_CHECKING:
-    from .manager import DatabaseSessionManager
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session, SessionTransaction
+
+    from ._database import Database
 
 logger = logging.getLogger(__name__)
 
-Hook = Callable[[], object]
-Step = tuple[Any, ...]
+
+# -- the steps a flow yields ---------------------------------------------------------------
+
+
+class NewSession(NamedTuple):
+    """Open a session (``autocommit``: every statement commits at once)."""
+
+    database: Database
+    autocommit: bool
+
+
+class Connect(NamedTuple):
+    """Begin the transaction now, on a connection with these execution options."""
+
+    session: Session | AsyncSession
+    execution_options: dict[str, object]
+
+
+class Execute(NamedTuple):
+    """Run one SQL statement (``SET TRANSACTION READ ONLY``, a statement timeout)."""
+
+    session: Session | AsyncSession
+    sql: str
+
+
+class BeginNested(NamedTuple):
+    """Open a SAVEPOINT; the outcome is its ``SessionTransaction``."""
+
+    session: Session | AsyncSession
+
+
+class Commit(NamedTuple):
+    """Commit a session's transaction, or release a savepoint."""
+
+    target: Session | AsyncSession | SessionTransaction
+
+
+class Rollback(NamedTuple):
+    """Roll back a session's transaction, or roll back to a savepoint."""
+
+    target: Session | AsyncSession | SessionTransaction
+
+
+class Close(NamedTuple):
+    """Close the autocommit session of a unit that ran without a transaction."""
+
+    session: Session | AsyncSession
+
+
+class Finish(NamedTuple):
+    """Mark a session ended (using it later raises our error) and close it."""
+
+    session: Session | AsyncSession
+    is_request: bool
+
+
+class CallHook(NamedTuple):
+    """Run an ``on_commit`` / ``on_rollback`` callback (sync or async)."""
+
+    hook: Hook
+
+
+class Settle(NamedTuple):
+    """Wait until no other task is inside an operation on this ``AsyncSession``."""
+
+    session: AsyncSession
+
+
+class Body(NamedTuple):
+    """Hand the session to the unit's body; the flow resumes when the body is done."""
+
+    session: Session | AsyncSession
+
+
+Step = (
+    NewSession
+    | Connect
+    | Execute
+    | BeginNested
+    | Commit
+    | Rollback
+    | Close
+    | Finish
+    | CallHook
+    | Settle
+    | Body
+)
 Flow = Generator[Step, Any, None]
 
 
-@dataclass(frozen=True, slots=True)
-class UnitOptions:
-    """Everything a caller can ask of a unit of work."""
-
-    propagation: Propagation = Propagation.REQUIRED
-    isolation_level: str | None = None
-    read_only: bool = False
-    timeout: float | None = None
-    durable: bool = False
-    retries: int = 0
-    retry_on_lock_timeout: bool = False
-    rollback_on: Sequence[type[BaseException]] = ()
-    no_rollback_on: Sequence[type[BaseException]] = ()
-
-    @property
-    def starts_transaction(self) -> bool:
-        """Whether an option must be applied when the transaction begins."""
-        return self.isolation_level is not None or self.read_only or self.timeout is not None
-
-
-DEFAULT_OPTIONS = UnitOptions()
-
-
-@dataclass(eq=False, slots=True)
-class Root:
-    """One transaction on one session, shared by every frame that takes part in it."""
-
-    session: Any
-    owns_session: bool  # close it at the end (False: a request session adopted by a unit)
-    is_request: bool = False
-    external: bool = False  # a session the caller passed in and manages itself
-    read_only: bool = False
-    reset_sql: str | None = None  # run before the transaction ends (MariaDB statement timeout)
-    ended: bool = False  # finished: frames still pointing here (context copies) are stale
-
-
-@dataclass(eq=False, slots=True)
-class Frame:
-    """One unit of work in a context; frames chain through ``parent`` (any manager)."""
-
-    manager: DatabaseSessionManager | None
-    root: Root | None  # None: a unit that runs without a transaction
-    parent: Frame | None
-    savepoint: Any = None
-    on_commit: list[tuple[Hook, bool]] = field(default_factory=list)
-    on_rollback: list[tuple[Hook, bool]] = field(default_factory=list)
-    owner: Frame | None = None  # the frame whose hooks this one's hooks join (JOIN frames)
-    plain_session: Any = None  # the autocommit session of a unit without a transaction
-    doomed: str | None = None  # rollback-only: why a joined unit failed (root/savepoint frames)
-
-    @property
-    def hooks_frame(self) -> Frame:
-        return self.owner or self
-
-
-sync_frames: ContextVar[Frame | None] = ContextVar("fastapi_dbsession.sync_frame", default=None)
-async_frames: ContextVar[Frame | None] = ContextVar("fastapi_dbsession.async_frame", default=None)
-
-
-def active_frame(
-    frames: ContextVar[Frame | None], manager: DatabaseSessionManager | None
-) -> Frame | None:
-    """The innermost frame of ``manager`` (of any manager if None) that has a transaction."""
-    frame = frames.get()
-    while frame is not None:
-        if frame.root is not None and frame.root.ended:
-            frame = frame.parent  # a finished transaction seen through a copied context
-        elif manager is None or frame.manager is manager:
-            return frame if frame.root is not None else None  # NOT_SUPPORTED suspends
-        else:
-            frame = frame.parent
-    return None
-
-
-def innermost_session(frames: ContextVar[Frame | None], manager: DatabaseSessionManager) -> Any:
-    """The session ``db.current_session()`` returns: the innermost live unit's, or None."""
-    frame = frames.get()
-    while frame is not None:
-        if frame.manager is manager and not (frame.root is not None and frame.root.ended):
-            return frame.plain_session if frame.root is None else frame.root.session
-        frame = frame.parent
-    return None
-
-
-def frame_of_session(frames: ContextVar[Frame | None], session: object) -> Frame | None:
-    """The innermost frame working on ``session``, if any."""
-    frame = frames.get()
-    while frame is not None:
-        if frame.root is not None and frame.root.session is session and not frame.root.ended:
-            return frame
-        frame = frame.parent
-    return None
-
-
-def _describe(frame: Frame) -> Active:
-    root = frame.root
-    assert root is not None
-    session = root.session
-    sync_session = getattr(session, "sync_session", session)
-    return Active(untouched=not has_work(sync_session), adoptable=root.is_request)
+# -- the flow --------------------------------------------------------------------------------
 
 
 def unit_flow(
-    manager: DatabaseSessionManager | None,
+    database: Database | None,
     frames: ContextVar[Frame | None],
     options: UnitOptions,
     *,
     passed_session: object = None,
     is_async: bool,
 ) -> Flow:
-    """The whole life of one unit of work, as steps. Yields ``("body", session)`` once."""
+    """The whole life of one unit of work, as steps. Yields ``Body(session)`` once."""
     if passed_session is not None:
         current = frame_of_session(frames, passed_session)
         if current is None:  # a session the caller manages: the unit takes part in it
-            external = Root(session=passed_session, owns_session=False, external=True)
-            current = Frame(manager=manager, root=external, parent=frames.get())
-        manager = manager or current.manager
+            external = Root(
+                session=cast("Session", passed_session), owns_session=False, external=True
+            )
+            current = Frame(database=database, root=external, parent=frames.get())
+        database = database or current.database
     else:
-        current = active_frame(frames, manager)
-        if current is not None and manager is None:
-            manager = current.manager
+        current = active_frame(frames, database)
+        if current is not None and database is None:
+            database = current.database
     action = plan_unit_of_work(
         options.propagation,
-        None if current is None else _describe(current),
+        None if current is None else describe(current),
         durable=options.durable,
         retries=options.retries,
-        can_begin=manager is not None,
+        can_begin=database is not None,
     )
-    frame = yield from _enter(action, manager, current, frames, options, is_async=is_async)
+    frame = yield from _enter(action, database, current, frames, options, is_async=is_async)
     token = frames.set(frame)
     try:
         try:
-            yield ("body", frame.plain_session if frame.root is None else frame.root.session)
+            yield Body(frame.session)
         except BaseException as error:
             yield from _exit(action, frame, error, options)
             raise
@@ -191,7 +183,7 @@ def unit_flow(
 
 def _enter(
     action: Action,
-    manager: DatabaseSessionManager | None,
+    database: Database | None,
     current: Frame | None,
     frames: ContextVar[Frame | None],
     options: UnitOptions,
@@ -200,37 +192,38 @@ def _enter(
 ) -> Generator[Step, Any, Frame]:
     parent = frames.get()
     if action is Action.NONE:
-        assert manager is not None
-        session = yield ("new_session", manager, True)
-        return Frame(manager=manager, root=None, parent=parent, plain_session=session)
+        assert database is not None
+        session = yield NewSession(database, True)
+        return Frame(database=database, root=None, parent=parent, plain_session=session)
     if action is Action.BEGIN:
-        assert manager is not None
-        _check_second_connection(manager, frames, is_async=is_async)
-        session = yield ("new_session", manager, False)
+        assert database is not None
+        _check_second_connection(database, frames, is_async=is_async)
+        session = yield NewSession(database, False)
         root = Root(session=session, owns_session=True)
-        yield from _apply_options(root, options, manager)
-        return Frame(manager=manager, root=root, parent=parent)
+        yield from _apply_options(root, options, database)
+        return Frame(database=database, root=root, parent=parent)
     assert current is not None
     assert current.root is not None
     if action is Action.ADOPT:
         root = Root(session=current.root.session, owns_session=False)
-        yield from _apply_options(root, options, current.manager)
-        return Frame(manager=current.manager, root=root, parent=parent)
+        yield from _apply_options(root, options, current.database)
+        return Frame(database=current.database, root=root, parent=parent)
     if options.starts_transaction:
         _refuse_options_mid_transaction(current, options)
     if action is Action.SAVEPOINT:
-        savepoint = yield ("begin_nested", current.root.session)
-        return Frame(manager=current.manager, root=current.root, parent=parent, savepoint=savepoint)
-    yield from _apply_options(current.root, options, current.manager)  # untouched: allowed
+        savepoint = yield BeginNested(current.root.session)
+        return Frame(
+            database=current.database, root=current.root, parent=parent, savepoint=savepoint
+        )
+    yield from _apply_options(current.root, options, current.database)  # untouched: allowed
     return Frame(
-        manager=current.manager, root=current.root, parent=parent, owner=current.hooks_frame
+        database=current.database, root=current.root, parent=parent, owner=current.hooks_frame
     )
 
 
 def _refuse_options_mid_transaction(current: Frame, options: UnitOptions) -> None:
     assert current.root is not None
-    session = current.root.session
-    if current.savepoint is None and not has_work(getattr(session, "sync_session", session)):
+    if current.savepoint is None and not has_work(_sync_view(current.root.session)):
         return
     raise ConfigurationError(
         "isolation_level, read_only and timeout apply when a transaction begins, but this unit "
@@ -241,14 +234,14 @@ def _refuse_options_mid_transaction(current: Frame, options: UnitOptions) -> Non
 
 
 def _apply_options(
-    root: Root, options: UnitOptions, manager: DatabaseSessionManager | None
+    root: Root, options: UnitOptions, database: Database | None
 ) -> Generator[Step, Any, None]:
     if not options.starts_transaction:
         return
-    assert manager is not None
-    if manager._binding is not None:
+    assert database is not None
+    if database.is_bound:
         return  # inside a test's outer transaction these cannot apply (documented)
-    dialect = manager._dialect_name(is_async=hasattr(root.session, "sync_session"))
+    dialect = database.dialect_name(is_async=hasattr(root.session, "sync_session"))
     execution_options: dict[str, object] = {}
     if options.isolation_level is not None:
         execution_options["isolation_level"] = options.isolation_level
@@ -270,23 +263,23 @@ def _apply_options(
                 "timeout. It is enforced on PostgreSQL and MariaDB/MySQL.",
                 DBSessionWarning,
             )
-    yield ("connection", root.session, execution_options)
+    yield Connect(root.session, execution_options)
     for statement in statements:
-        yield ("execute", root.session, statement)
+        yield Execute(root.session, statement)
 
 
 def _check_second_connection(
-    manager: DatabaseSessionManager, frames: ContextVar[Frame | None], *, is_async: bool
+    database: Database, frames: ContextVar[Frame | None], *, is_async: bool
 ) -> None:
-    capacity = manager._pool_capacity(is_async=is_async)
+    capacity = database.pool_capacity(is_async=is_async)
     if capacity is None:
         return
     held: set[int] = set()
     frame = frames.get()
     while frame is not None:
         root = frame.root
-        if frame.manager is manager and root is not None and not root.external:
-            session = getattr(root.session, "sync_session", root.session)
+        if frame.database is database and root is not None and not root.external:
+            session = _sync_view(root.session)
             if session.in_transaction():
                 held.add(id(session))
         frame = frame.parent
@@ -305,7 +298,7 @@ def _exit(
         error, options.rollback_on, options.no_rollback_on
     )
     if action is Action.NONE:
-        yield ("close", frame.plain_session)
+        yield Close(frame.session)
         return
     root = frame.root
     assert root is not None
@@ -313,14 +306,15 @@ def _exit(
         yield from finish_root(root, frame, commit=not undo)
         return
     if action is Action.SAVEPOINT:
+        assert frame.savepoint is not None
         if undo or frame.doomed is not None:
-            yield ("rollback", frame.savepoint)
+            yield Rollback(frame.savepoint)
             yield from _run_hooks(frame.on_rollback)
             if not undo:
                 raise _unexpected_rollback(frame.doomed)
         else:
-            yield ("commit", frame.savepoint)
-            owner = _hooks_owner(frame)
+            yield Commit(frame.savepoint)
+            owner = hooks_owner(frame)
             owner.on_commit.extend(frame.on_commit)
             owner.on_rollback.extend(frame.on_rollback)
         return
@@ -330,40 +324,32 @@ def _exit(
         logger.debug("transaction marked rollback-only by %r", error)
 
 
-def _hooks_owner(frame: Frame) -> Frame:
-    """The frame that collects hooks once a savepoint frame is released."""
-    parent = frame.parent
-    while parent is not None:
-        if parent.root is frame.root:
-            return parent.hooks_frame
-        parent = parent.parent
-    raise AssertionError("a savepoint frame always has its transaction's frame as an ancestor")
-
-
 def finish_root(root: Root, frame: Frame, *, commit: bool) -> Generator[Step, Any, None]:
     """End a transaction: commit (or refuse to, if rollback-only) or roll back; then hooks."""
     session = root.session
-    sync_session = getattr(session, "sync_session", session)
+    sync_session = _sync_view(session)
     root.ended = True
     doomed = commit and frame.doomed is not None
     committed = False
-    if sync_session is not session and is_busy(session):
-        yield ("settle", session)  # async: let a task still inside an operation finish
+    if sync_session is not session:  # async: let a task still inside an operation finish
+        async_session = cast("AsyncSession", session)
+        if is_busy(async_session):
+            yield Settle(async_session)
     try:
         if root.reset_sql is not None:
             try:
-                yield ("execute", session, root.reset_sql)
+                yield Execute(session, root.reset_sql)
             except Exception as exc:  # the connection may be gone: ending will say so
                 logger.debug("could not reset the statement timeout: %r", exc)
         if commit and not doomed and not root.read_only:
             if has_work(sync_session):
-                yield ("commit", session)
+                yield Commit(session)
             committed = True
         elif sync_session.in_transaction():
-            yield ("rollback", session)
+            yield Rollback(session)
     except BaseException:
         if sync_session.in_transaction():
-            yield ("rollback", session)
+            yield Rollback(session)
         yield from _close(root)
         yield from _run_hooks(frame.on_rollback)
         raise
@@ -388,13 +374,13 @@ def _unexpected_rollback(reason: str | None) -> UnexpectedRollbackError:
 
 def _close(root: Root) -> Generator[Step, Any, None]:
     if root.owns_session:
-        yield ("finish", root.session, root.is_request)
+        yield Finish(root.session, root.is_request)
 
 
 def _run_hooks(hooks: list[tuple[Hook, bool]]) -> Generator[Step, Any, None]:
     for hook, robust in hooks:  # (callers skip this generator when there are no hooks)
         try:
-            yield ("call", hook)
+            yield CallHook(hook)
         except Exception:
             if not robust:
                 raise
@@ -408,37 +394,43 @@ def drive(
     flow: Flow,
     value: object = None,
     error: BaseException | None = None,
-    steps: Mapping[str, Callable[..., Any]] | None = None,
+    in_greenlet: bool = False,
 ) -> Any:
-    """Run ``flow`` with plain calls until it hands out the body's session, or ends."""
-    table = _SYNC_STEPS if steps is None else steps
+    """Run ``flow`` with plain calls until it hands out the body's session, or ends.
+
+    Args:
+        flow: The unit's generator.
+        value: The outcome of the step the flow last yielded.
+        error: What the body raised, thrown into the flow.
+        in_greenlet: Work on ``AsyncSession``s through their sync sessions (the async side).
+    """
+    table = GREENLET_STEPS if in_greenlet else SYNC_STEPS
     while True:
         try:
             step = flow.throw(error) if error is not None else flow.send(value)
         except StopIteration:
             return None
-        kind, *args = step
-        if kind == "body":
-            return args[0]
+        if type(step) is Body:
+            return step.session
         error = None
         try:
-            value = table[kind](*args)
+            value = table[type(step)](step)
         except BaseException as exc:  # handed back to the flow, which decides
             value, error = None, exc
 
 
-async def adrive(flow: Flow, value: object = None, error: BaseException | None = None) -> Any:
+async def async_drive(flow: Flow, value: object = None, error: BaseException | None = None) -> Any:
     """Async twin of :func:`drive`: the same loop, run in one greenlet for the whole flow.
 
     Each step works on the ``AsyncSession``'s sync session, as ``AsyncSession`` itself does, so
     ending a transaction (commit, close, callbacks) costs one switch to the event loop instead of
     one per operation.
     """
-    return await greenlet_spawn(drive, flow, value, error, GREENLET_STEPS)
+    return await greenlet_spawn(drive, flow, value, error, True)
 
 
-def _call_from_sync(hook: Hook) -> object:
-    result = hook()
+def _call_from_sync(step: CallHook) -> object:
+    result = step.hook()
     if not inspect.isawaitable(result):
         return result
     if _in_worker_thread():  # FastAPI's threadpool: run it on the request's event loop
@@ -454,48 +446,44 @@ def _in_worker_thread() -> bool:
     return True
 
 
-def _call_in_greenlet(hook: Hook) -> object:
-    result = hook()
+def _call_in_greenlet(step: CallHook) -> object:
+    result = step.hook()
     return await_only(result) if inspect.isawaitable(result) else result
 
 
-def _finish_sync(session: Any, is_request: bool) -> None:
-    session.info[FINISHED] = FINISHED_MESSAGE if is_request else ENDED_MESSAGE
+def _finish(step: Finish) -> None:
+    session = _sync_view(step.session)
+    session.info[FINISHED] = FINISHED_MESSAGE if step.is_request else ENDED_MESSAGE
     session.close()
 
 
-def _sync_view(target: Any) -> Any:
-    """The sync object behind an ``AsyncSession`` (a savepoint begun in a greenlet is sync)."""
-    return getattr(target, "sync_session", target)
+def _new_async_session(step: NewSession) -> object:
+    return await_only(step.database.async_new_session(autocommit=step.autocommit))
 
 
-_SYNC_STEPS: dict[str, Callable[..., Any]] = {
-    "new_session": lambda manager, autocommit: manager._new_session(autocommit=autocommit),
-    "connection": lambda session, options: session.connection(execution_options=options),
-    "execute": lambda session, sql: session.execute(text(sql)),
-    "begin_nested": lambda session: session.begin_nested(),
-    "commit": lambda target: target.commit(),
-    "rollback": lambda target: target.rollback(),
-    "close": lambda session: session.close(),
-    "finish": _finish_sync,
-    "call": _call_from_sync,
+# Both tables act on the sync Session (an AsyncSession's sync_session, inside the greenlet);
+# only opening sessions, callbacks and waiting differ between the sides.
+_SHARED_STEPS: Mapping[type, Callable[[Any], object]] = {
+    Connect: lambda step: _sync_view(step.session).connection(
+        execution_options=step.execution_options
+    ),
+    Execute: lambda step: _sync_view(step.session).execute(text(step.sql)),
+    BeginNested: lambda step: _sync_view(step.session).begin_nested(),
+    Commit: lambda step: _sync_view(step.target).commit(),
+    Rollback: lambda step: _sync_view(step.target).rollback(),
+    Close: lambda step: _sync_view(step.session).close(),
+    Finish: _finish,
 }
 
-# The async side, inside one greenlet: AsyncSession steps act on its sync session; what must
-# run on the event loop (new async connections, async callbacks, waiting) goes through await_only.
-GREENLET_STEPS: dict[str, Callable[..., Any]] = {
-    "new_session": lambda manager, autocommit: await_only(
-        manager._anew_session(autocommit=autocommit)
-    ),
-    "connection": lambda session, options: session.sync_session.connection(
-        execution_options=options
-    ),
-    "execute": lambda session, sql: session.sync_session.execute(text(sql)),
-    "begin_nested": lambda session: session.sync_session.begin_nested(),
-    "commit": lambda target: _sync_view(target).commit(),
-    "rollback": lambda target: _sync_view(target).rollback(),
-    "close": lambda session: session.sync_session.close(),
-    "finish": lambda session, is_request: _finish_sync(session.sync_session, is_request),
-    "call": _call_in_greenlet,
-    "settle": lambda session: await_only(wait_until_idle(session)),
+SYNC_STEPS: Mapping[type, Callable[[Any], object]] = {
+    **_SHARED_STEPS,
+    NewSession: lambda step: step.database.new_session(autocommit=step.autocommit),
+    CallHook: _call_from_sync,
+}
+
+GREENLET_STEPS: Mapping[type, Callable[[Any], object]] = {
+    **_SHARED_STEPS,
+    NewSession: _new_async_session,
+    CallHook: _call_in_greenlet,
+    Settle: lambda step: await_only(wait_until_idle(step.session)),
 }

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from typing_extensions import ParamSpec
 
-from ._units import UnitOptions, adrive, async_frames, drive, sync_frames, unit_flow
+from ._frames import async_frames, sync_frames
+from ._units import async_drive, drive, unit_flow
 from .errors import ConfigurationError
-from .propagation import Propagation, retry_delay
+from .propagation import Propagation, UnitOptions, make_options, retry_delay
 
 if TYPE_CHECKING:
-    from .manager import DatabaseSessionManager
+    from ._database import Database
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -108,66 +109,35 @@ def transactional(
         ... def add_line(session: Session, order: Order, sku: str) -> None:
         ...     session.add(OrderLine(order=order, sku=sku))
     """
-    options = make_options(
-        propagation=propagation,
-        isolation_level=isolation_level,
-        read_only=read_only,
-        timeout=timeout,
-        durable=durable,
-        retries=retries,
-        retry_on_lock_timeout=retry_on_lock_timeout,
-        rollback_on=rollback_on,
-        no_rollback_on=no_rollback_on,
-    )
-    if func is not None:
-        return decorate(func, None, options)
-    return lambda decorated: decorate(decorated, None, options)
+    options = {name: value for name, value in locals().items() if name != "func"}
+    return transactional_for(None, func, options)
 
 
-def make_options(
-    *,
-    propagation: Propagation,
-    isolation_level: str | None,
-    read_only: bool,
-    timeout: float | None,
-    durable: bool,
-    retries: int,
-    retry_on_lock_timeout: bool,
-    rollback_on: Sequence[type[BaseException]],
-    no_rollback_on: Sequence[type[BaseException]],
-) -> UnitOptions:
-    """Check the options of a unit of work and bundle them."""
-    if not isinstance(propagation, Propagation):
+def transactional_for(
+    database: Database | None, func: Callable[..., Any] | None, options: dict[str, Any]
+) -> Any:
+    """Check ``options`` and decorate ``func`` (or return the decorator, when it is None).
+
+    Raises:
+        ConfigurationError: An option is unknown or has a wrong value.
+    """
+    unknown = sorted(set(options) - _OPTION_NAMES)
+    if unknown:
         raise ConfigurationError(
-            f"propagation={propagation!r} is not a Propagation. Use e.g. "
-            "propagation=Propagation.REQUIRES_NEW (from fastapi_dbsession import Propagation)."
+            f"@transactional got unknown option(s) {', '.join(unknown)}. Its options are: "
+            f"{', '.join(sorted(_OPTION_NAMES))}."
         )
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise ConfigurationError(f"retries={retries!r} must be a whole number >= 0.")
-    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-        raise ConfigurationError(f"timeout={timeout!r} must be a number of seconds > 0.")
-    for name, types in (("rollback_on", rollback_on), ("no_rollback_on", no_rollback_on)):
-        if isinstance(types, type) or not all(
-            isinstance(kind, type) and issubclass(kind, BaseException) for kind in types
-        ):
-            raise ConfigurationError(
-                f"{name} must be a tuple of exception classes, e.g. {name}=(PaymentDeclined,)."
-            )
-    return UnitOptions(
-        propagation=propagation,
-        isolation_level=isolation_level,
-        read_only=read_only,
-        timeout=timeout,
-        durable=durable,
-        retries=retries,
-        retry_on_lock_timeout=retry_on_lock_timeout,
-        rollback_on=tuple(rollback_on),
-        no_rollback_on=tuple(no_rollback_on),
-    )
+    checked = make_options(**options)
+    if func is not None:
+        return decorate(func, database, checked)
+    return lambda decorated: decorate(decorated, database, checked)
+
+
+_OPTION_NAMES = frozenset(inspect.signature(make_options).parameters)
 
 
 def decorate(
-    func: Callable[P, R], manager: DatabaseSessionManager | None, options: UnitOptions
+    func: Callable[P, R], database: Database | None, options: UnitOptions
 ) -> Callable[P, R]:
     """Wrap ``func`` in a unit of work; sync vs async is decided here, once."""
     if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
@@ -186,16 +156,16 @@ def decorate(
             passed = argument.passed(args, kwargs)
             for attempt in itertools.count(1):
                 flow = unit_flow(
-                    manager, async_frames, options, passed_session=passed, is_async=True
+                    database, async_frames, options, passed_session=passed, is_async=True
                 )
-                session = await adrive(flow)
+                session = await async_drive(flow)
                 outcome: BaseException | None = None
                 try:
                     result = await func(*args, **argument.fill(kwargs, passed, session))  # type: ignore[misc]
                 except BaseException as error:
                     outcome = error
                 try:
-                    await adrive(flow, error=outcome)
+                    await async_drive(flow, error=outcome)
                 except BaseException as final:
                     delay = retry_delay(final, attempt, options)
                     if delay is None:
@@ -211,7 +181,7 @@ def decorate(
     def unit(*args: Any, **kwargs: Any) -> Any:
         passed = argument.passed(args, kwargs)
         for attempt in itertools.count(1):
-            flow = unit_flow(manager, sync_frames, options, passed_session=passed, is_async=False)
+            flow = unit_flow(database, sync_frames, options, passed_session=passed, is_async=False)
             session = drive(flow)
             outcome: BaseException | None = None
             try:

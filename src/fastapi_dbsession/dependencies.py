@@ -12,8 +12,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from contextvars import Token
-from typing import TYPE_CHECKING, Any, Literal
+from types import CodeType
+from typing import TYPE_CHECKING, Any
 
+import fastapi.routing
 from anyio import CancelScope
 from fastapi import Depends, Response
 from sqlalchemy.orm import Session
@@ -21,108 +23,96 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from ._capacity import CapacityGate
-from ._compat import FUNCTION_STACK_KEY
+from ._database import Database
+from ._frames import Frame, Root, frames_of, sync_view
 from ._sessions import has_work, is_busy
-from ._units import (
-    GREENLET_STEPS,
-    Frame,
-    Root,
-    adrive,
-    async_frames,
-    drive,
-    finish_root,
-    sync_frames,
-)
-from .errors import ConfigurationError, PoolTimeoutError
+from ._units import async_drive, drive, finish_root
+from .errors import PoolTimeoutError
+from .propagation import CommitPolicy, should_commit
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from .manager import DatabaseSessionManager
-
 logger = logging.getLogger(__name__)
-
-CommitPolicy = Literal["commit", "manual", "read_only"]
-"""What a request session does when its endpoint succeeds: ``"commit"`` (the default),
-``"manual"`` (never commit for you; roll back what is left) or ``"read_only"`` (always roll
-back)."""
-COMMIT_POLICIES: tuple[CommitPolicy, ...] = ("commit", "manual", "read_only")
 
 _SCOPE_KEY = "fastapi_dbsession.commit_policy"
 
 
-def check_policy(policy: object, *, argument: str) -> CommitPolicy:
-    """Return ``policy`` if it names a commit policy, else raise a clear error."""
-    for known in COMMIT_POLICIES:
-        if policy == known:
-            return known
-    raise ConfigurationError(
-        f"{argument}={policy!r} is not a commit policy. Use one of "
-        f"{', '.join(map(repr, COMMIT_POLICIES))}: 'commit' commits when the endpoint succeeds, "
-        "'manual' never commits for you, 'read_only' always rolls back."
-    )
+def _function_stack_key() -> str | None:
+    """The request-scope key of FastAPI's function-scoped exit stack, if this FastAPI has it.
 
-
-def should_commit(policy: CommitPolicy, error: BaseException | None, status: int | None) -> bool:
-    """Decide the fate of a request transaction; no I/O.
-
-    Args:
-        policy: The route's commit policy.
-        error: What the endpoint or a dependency raised, if anything.
-        status: The status code set on the injected ``Response``, if any.
+    FastAPI (0.121 and later) keeps the exit stack that ends ``scope="function"`` dependencies
+    in ``scope["fastapi_function_astack"]``. The key is not public API, so it is looked for in
+    ``fastapi.routing``'s code, where FastAPI sets it, rather than assumed: if a later FastAPI
+    renames it, the request dependencies fall back to a ``scope="function"`` yield dependency.
     """
-    return policy == "commit" and error is None and (status is None or status < 400)
+    key = "fastapi_function_astack"
+
+    def sets_key(code: CodeType) -> bool:
+        return any(
+            const == key or (isinstance(const, CodeType) and sets_key(const))
+            for const in code.co_consts
+        )
+
+    for function in (fastapi.routing.request_response, fastapi.routing.websocket_session):
+        if not sets_key(function.__code__):
+            return None
+    return key
+
+
+FUNCTION_STACK_KEY = _function_stack_key()
 
 
 def commit_policy_dependency(
-    manager: "DatabaseSessionManager", policy: CommitPolicy
+    database: Database, policy: CommitPolicy
 ) -> Callable[[HTTPConnection], Awaitable[None]]:
-    """Build the route dependency that overrides ``manager``'s commit policy for one route."""
+    """Build the route dependency that overrides ``database``'s commit policy for one route."""
 
     async def commit_policy(connection: HTTPConnection) -> None:
-        connection.scope.setdefault(_SCOPE_KEY, {})[id(manager)] = policy
+        connection.scope.setdefault(_SCOPE_KEY, {})[id(database)] = policy
 
     return commit_policy
 
 
-def _route_policy(connection: HTTPConnection, manager: "DatabaseSessionManager") -> CommitPolicy:
+def _route_policy(connection: HTTPConnection, database: Database) -> CommitPolicy:
+    default = database.config.commit_policy
     chosen: dict[int, CommitPolicy] | None = connection.scope.get(_SCOPE_KEY)
     if chosen is None:
-        return manager.default_commit_policy
-    return chosen.get(id(manager), manager.default_commit_policy)
+        return default
+    return chosen.get(id(database), default)
 
 
 class _RequestUnit:
-    """Open and end the request transaction of one manager, for one side (sync or async).
+    """Open and end the request transaction of one database, for one side (sync or async).
 
     Both ways of hooking into FastAPI (below) use this one implementation.
     """
 
-    __slots__ = ("frames", "is_async", "manager")
+    __slots__ = ("database", "frames", "is_async")
 
-    def __init__(self, manager: "DatabaseSessionManager", *, is_async: bool) -> None:
-        self.manager = manager
+    def __init__(self, database: Database, *, is_async: bool) -> None:
+        self.database = database
         self.is_async = is_async
-        self.frames = async_frames if is_async else sync_frames
+        self.frames = frames_of(is_async=is_async)
 
     async def open(self) -> tuple[Any, Frame, Token[Frame | None], CapacityGate | None]:
         """Take a pool permit (sync), make the session and make it the context's unit."""
-        manager = self.manager
-        gate = None if self.is_async else manager._sync_capacity_gate()
+        database = self.database
+        gate = None if self.is_async else database.capacity_gate()
         if gate is not None and not await gate.acquire(gate.timeout):
             raise PoolTimeoutError(gate.timeout_message)
         session: Any
         try:
             if self.is_async:
-                session = await manager._anew_session()
+                session = await database.async_new_session()
             else:
-                session = manager._new_session()
+                session = database.new_session()
         except BaseException:
             if gate is not None:
                 gate.release()
             raise
         frame = Frame(
-            manager=manager,
+            database=database,
             root=Root(session=session, owns_session=True, is_request=True),
             parent=self.frames.get(),
         )
@@ -139,7 +129,7 @@ class _RequestUnit:
         _, frame, token, gate = opened
         try:
             commit = error is None and should_commit(
-                _route_policy(connection, self.manager), None, response.status_code
+                _route_policy(connection, self.database), None, response.status_code
             )
             await _finish(frame, commit, is_async=self.is_async)
             if error is None:
@@ -150,9 +140,7 @@ class _RequestUnit:
                 gate.release()
 
 
-def _request_dependency(
-    manager: "DatabaseSessionManager", *, is_async: bool
-) -> Callable[..., Awaitable[Any]]:
+def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., Awaitable[Any]]:
     """Build ``db.session`` / ``db.async_session``.
 
     Where FastAPI keeps its function-scoped exit stack in the request scope (0.121 and later,
@@ -161,7 +149,7 @@ def _request_dependency(
     dependency ends, without a second dependency level or a generator per request. Otherwise
     it is a plain dependency over a ``scope="function"`` yield dependency.
     """
-    unit = _RequestUnit(manager, is_async=is_async)
+    unit = _RequestUnit(database, is_async=is_async)
     if FUNCTION_STACK_KEY is None:
         return _nested_dependency(unit)
 
@@ -208,11 +196,11 @@ def _needs_io(frame: Frame) -> bool:
     task still inside the session; if not, it ends right here, without I/O."""
     assert frame.root is not None
     session = frame.root.session
-    sync_session = getattr(session, "sync_session", session)
+    sync_session = sync_view(session)
     return (
         has_work(sync_session)
         or bool(frame.on_commit or frame.on_rollback)
-        or (sync_session is not session and is_busy(session))
+        or (sync_session is not session and is_busy(session))  # type: ignore[arg-type]
     )
 
 
@@ -221,22 +209,20 @@ async def _finish(frame: Frame, commit: bool, *, is_async: bool) -> None:
     assert frame.root is not None
     flow = finish_root(frame.root, frame, commit=commit)
     if not _needs_io(frame):  # no thread hop, no greenlet
-        drive(flow, steps=GREENLET_STEPS if is_async else None)
+        drive(flow, in_greenlet=is_async)
         return
     with CancelScope(shield=True):  # a cancelled request still rolls back and closes
         if is_async:
-            await adrive(flow)
+            await async_drive(flow)
         else:
             await run_in_threadpool(drive, flow)
 
 
-def session_dependency(manager: "DatabaseSessionManager") -> Callable[..., Awaitable[Session]]:
+def session_dependency(database: Database) -> Callable[..., Awaitable[Session]]:
     """Build ``db.session``: the request's sync session, finished before the response."""
-    return _request_dependency(manager, is_async=False)
+    return _request_dependency(database, is_async=False)
 
 
-def async_session_dependency(
-    manager: "DatabaseSessionManager",
-) -> "Callable[..., Awaitable[AsyncSession]]":
+def async_session_dependency(database: Database) -> "Callable[..., Awaitable[AsyncSession]]":
     """Build ``db.async_session``: the request's AsyncSession, finished before the response."""
-    return _request_dependency(manager, is_async=True)
+    return _request_dependency(database, is_async=True)

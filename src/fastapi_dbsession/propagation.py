@@ -1,4 +1,9 @@
-"""Decide what a unit of work does: propagation, rollback rules, retryable errors; no I/O."""
+"""Decide what a unit of work or a request session does, from plain options; no I/O.
+
+The option types (:class:`UnitOptions`, :data:`CommitPolicy`) and every pure decision over
+them live here: the propagation planner, Spring's rollback rules, the retry classification and
+backoff, and the request session's commit rule.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import enum
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal
 
 from .errors import ConfigurationError, NoActiveTransactionError, TransactionExistsError
 
@@ -31,6 +36,104 @@ class Propagation(enum.Enum):
     """Join the active transaction, or run without one."""
     NOT_SUPPORTED = "not_supported"
     """Run without a transaction, suspending the active one for the duration."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnitOptions:
+    """Everything a caller can ask of a unit of work."""
+
+    propagation: Propagation = Propagation.REQUIRED
+    isolation_level: str | None = None
+    read_only: bool = False
+    timeout: float | None = None
+    durable: bool = False
+    retries: int = 0
+    retry_on_lock_timeout: bool = False
+    rollback_on: Sequence[type[BaseException]] = ()
+    no_rollback_on: Sequence[type[BaseException]] = ()
+
+    @property
+    def starts_transaction(self) -> bool:
+        """Whether an option must be applied when the transaction begins."""
+        return self.isolation_level is not None or self.read_only or self.timeout is not None
+
+
+def make_options(
+    *,
+    propagation: Propagation = Propagation.REQUIRED,
+    isolation_level: str | None = None,
+    read_only: bool = False,
+    timeout: float | None = None,
+    durable: bool = False,
+    retries: int = 0,
+    retry_on_lock_timeout: bool = False,
+    rollback_on: Sequence[type[BaseException]] = (),
+    no_rollback_on: Sequence[type[BaseException]] = (),
+) -> UnitOptions:
+    """Check the options of a unit of work and bundle them.
+
+    Raises:
+        ConfigurationError: An option has the wrong type or value.
+    """
+    if not isinstance(propagation, Propagation):
+        raise ConfigurationError(
+            f"propagation={propagation!r} is not a Propagation. Use e.g. "
+            "propagation=Propagation.REQUIRES_NEW (from fastapi_dbsession import Propagation)."
+        )
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ConfigurationError(f"retries={retries!r} must be a whole number >= 0.")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise ConfigurationError(f"timeout={timeout!r} must be a number of seconds > 0.")
+    for name, types in (("rollback_on", rollback_on), ("no_rollback_on", no_rollback_on)):
+        if isinstance(types, type) or not all(
+            isinstance(kind, type) and issubclass(kind, BaseException) for kind in types
+        ):
+            raise ConfigurationError(
+                f"{name} must be a tuple of exception classes, e.g. {name}=(PaymentDeclined,)."
+            )
+    return UnitOptions(
+        propagation=propagation,
+        isolation_level=isolation_level,
+        read_only=read_only,
+        timeout=timeout,
+        durable=durable,
+        retries=retries,
+        retry_on_lock_timeout=retry_on_lock_timeout,
+        rollback_on=tuple(rollback_on),
+        no_rollback_on=tuple(no_rollback_on),
+    )
+
+
+DEFAULT_OPTIONS = UnitOptions()
+
+CommitPolicy = Literal["commit", "manual", "read_only"]
+"""What a request session does when its endpoint succeeds: ``"commit"`` (the default),
+``"manual"`` (never commit for you; roll back what is left) or ``"read_only"`` (always roll
+back)."""
+COMMIT_POLICIES: tuple[CommitPolicy, ...] = ("commit", "manual", "read_only")
+
+
+def check_policy(policy: object, *, argument: str) -> CommitPolicy:
+    """Return ``policy`` if it names a commit policy, else raise a clear error."""
+    for known in COMMIT_POLICIES:
+        if policy == known:
+            return known
+    raise ConfigurationError(
+        f"{argument}={policy!r} is not a commit policy. Use one of "
+        f"{', '.join(map(repr, COMMIT_POLICIES))}: 'commit' commits when the endpoint succeeds, "
+        "'manual' never commits for you, 'read_only' always rolls back."
+    )
+
+
+def should_commit(policy: CommitPolicy, error: BaseException | None, status: int | None) -> bool:
+    """Decide the fate of a request transaction; no I/O.
+
+    Args:
+        policy: The route's commit policy.
+        error: What the endpoint or a dependency raised, if anything.
+        status: The status code set on the injected ``Response``, if any.
+    """
+    return policy == "commit" and error is None and (status is None or status < 400)
 
 
 class Action(enum.Enum):
@@ -198,7 +301,7 @@ def backoff_delay(attempt: int, *, base: float = 0.02, cap: float = 1.0) -> floa
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-def retry_delay(error: BaseException, attempt: int, options: RetryOptions) -> float | None:
+def retry_delay(error: BaseException, attempt: int, options: UnitOptions) -> float | None:
     """Seconds to wait before re-running a unit that failed with ``error``, or None to give up.
 
     Args:
@@ -211,12 +314,3 @@ def retry_delay(error: BaseException, attempt: int, options: RetryOptions) -> fl
     if not is_retryable(error, lock_timeouts=options.retry_on_lock_timeout):
         return None
     return backoff_delay(attempt)
-
-
-class RetryOptions(Protocol):
-    """The part of a unit's options that retrying reads."""
-
-    @property
-    def retries(self) -> int: ...
-    @property
-    def retry_on_lock_timeout(self) -> bool: ...

@@ -12,16 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 from anyio import CancelScope
 
-from ._units import UnitOptions, adrive, async_frames, drive, sync_frames, unit_flow
+from ._frames import async_frames, sync_frames
+from ._units import async_drive, drive, unit_flow
 
 if TYPE_CHECKING:
-    from .manager import DatabaseSessionManager
+    from ._database import Database
+    from .propagation import UnitOptions
 
 
 @contextmanager
-def transaction(manager: DatabaseSessionManager, options: UnitOptions) -> Iterator[Any]:
-    """Run the ``with`` block as a unit of work (see ``DatabaseSessionManager.transaction``)."""
-    flow = unit_flow(manager, sync_frames, options, is_async=False)
+def transaction(database: Database, options: UnitOptions) -> Iterator[Any]:
+    """Run the ``with`` block as a unit of work (``db.transaction()``)."""
+    flow = unit_flow(database, sync_frames, options, is_async=False)
     session = drive(flow)
     try:
         yield session
@@ -32,17 +34,15 @@ def transaction(manager: DatabaseSessionManager, options: UnitOptions) -> Iterat
 
 
 @asynccontextmanager
-async def async_transaction(
-    manager: DatabaseSessionManager, options: UnitOptions
-) -> AsyncIterator[Any]:
+async def async_transaction(database: Database, options: UnitOptions) -> AsyncIterator[Any]:
     """Async twin of :func:`transaction`."""
-    flow = unit_flow(manager, async_frames, options, is_async=True)
-    session = await adrive(flow)
+    flow = unit_flow(database, async_frames, options, is_async=True)
+    session = await async_drive(flow)
     try:
         yield session
     except BaseException as error:
         with CancelScope(shield=True):  # a cancelled task still rolls back and closes
-            await adrive(flow, error=error)
+            await async_drive(flow, error=error)
         raise
     with CancelScope(shield=True):
-        await adrive(flow)
+        await async_drive(flow)

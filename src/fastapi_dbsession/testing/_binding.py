@@ -18,6 +18,8 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
+from ._seam import database_of
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, RootTransaction
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncTransaction
@@ -29,12 +31,17 @@ logger = logging.getLogger(__name__)
 
 
 class TestBinding:
-    """The outer transactions of one test, for one manager."""
+    """The outer transactions of one test, for one manager.
+
+    It is the :class:`~fastapi_dbsession._database.Binding` that ``isolated()`` attaches to the
+    manager: while attached, every session the manager opens comes from here.
+    """
 
     __test__ = False  # not a test class, whatever pytest thinks of its name
 
     def __init__(self, manager: DatabaseSessionManager) -> None:
         self.manager = manager
+        self._database = database_of(manager)
         self._connection: Connection | None = None
         self._transaction: RootTransaction | None = None
         self._async: dict[asyncio.AbstractEventLoop, tuple[AsyncConnection, AsyncTransaction]] = {}
@@ -43,9 +50,9 @@ class TestBinding:
     def session(self) -> Session:
         """A sync session inside the test's outer transaction."""
         if self._connection is None:
-            self._connection = self.manager.engine.connect()
+            self._connection = self._database.engine.connect()
             self._transaction = self._connection.begin()
-        return self.manager._session_factory(
+        return self._database.session_factory(
             bind=self._connection, join_transaction_mode="create_savepoint"
         )
 
@@ -54,13 +61,13 @@ class TestBinding:
         loop = asyncio.get_running_loop()
         entry = self._async.get(loop)
         if entry is None:
-            connection = await self.manager.async_engine.connect()
+            connection = await self._database.async_engine.connect()
             entry = (connection, await connection.begin())
             self._async[loop] = entry
             guard = self._close_at_loop_shutdown()
             await guard.__anext__()  # the loop now finalizes it in shutdown_asyncgens()
             self._guards.append(guard)
-        return self.manager._async_session_factory(
+        return self._database.async_session_factory(
             bind=entry[0], join_transaction_mode="create_savepoint"
         )
 
@@ -73,9 +80,9 @@ class TestBinding:
         try:
             yield
         finally:
-            await self.aclose_loop()
+            await self.async_close_loop()
 
-    async def aclose_loop(self) -> None:
+    async def async_close_loop(self) -> None:
         """Roll back and close the outer connection of the running loop (before it closes)."""
         entry = self._async.pop(asyncio.get_running_loop(), None)
         if entry is not None:

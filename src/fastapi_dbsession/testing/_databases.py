@@ -15,6 +15,8 @@ from sqlalchemy.pool import NullPool
 from fastapi_dbsession import _urls
 from fastapi_dbsession.errors import ConfigurationError
 
+from ._seam import database_of
+
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
 
@@ -98,7 +100,7 @@ def use_database(db: DatabaseSessionManager, url: str | URL) -> None:
             async_url = target
     if sync_url is not None and _urls.is_async_driver(sync_url):
         sync_url = _urls.sync_twin(sync_url)
-    db._repoint(sync_url, async_url)
+    database_of(db).repoint(sync_url, async_url)
 
 
 def _admin(server: URL, sql: str) -> None:

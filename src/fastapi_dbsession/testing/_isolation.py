@@ -6,9 +6,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from fastapi_dbsession.errors import ConfigurationError
-
 from ._binding import TestBinding
+from ._seam import database_of
 
 if TYPE_CHECKING:
     from fastapi_dbsession.manager import DatabaseSessionManager
@@ -31,16 +30,13 @@ def isolated(db: DatabaseSessionManager) -> Iterator[TestBinding]:
         ...     client.post("/items", json={"name": "ada"})   # committed by the app...
         >>> # ...and gone now.
     """
-    if db._binding is not None:
-        raise ConfigurationError(
-            f"{db!r} is already isolated by an enclosing isolated() / db_isolation fixture."
-        )
+    database = database_of(db)
     binding = TestBinding(db)
-    db._binding = binding
+    database.bind(binding)  # raises if an enclosing isolated() is active
     try:
         yield binding
     finally:
-        db._binding = None
+        database.unbind()
         binding.close()
 
 

@@ -41,6 +41,7 @@ from fastapi_dbsession.testing._isolation import isolated
 from fastapi_dbsession.testing._queries import QueryCount
 from fastapi_dbsession.testing._queries import assert_max_queries as _assert_max_queries
 from fastapi_dbsession.testing._queries import count_queries as _count_queries
+from fastapi_dbsession.testing._seam import database_of
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -144,7 +145,7 @@ def dbsession_database(
         yield url
     finally:
         manager.dispose()
-        manager._repoint(*original)
+        database_of(manager).repoint(*original)
         drop_test_database(url)
 
 
@@ -165,7 +166,7 @@ def db_isolation(
 @pytest.fixture
 def db_session(db_isolation: DatabaseSessionManager) -> Iterator[Session]:
     """A sync session inside the test's outer transaction, for test data the app will see."""
-    session = db_isolation._new_session()
+    session = database_of(db_isolation).new_session()
     try:
         yield session
     finally:

@@ -1,0 +1,191 @@
+"""Check the manager's arguments once and freeze them into a :class:`Config`.
+
+The constructor's arguments and ``from_env``'s variables both end up here: URLs are parsed
+and paired (an asyncio URL given as ``url`` becomes ``async_url``; the missing side is derived
+for known driver pairs), option mappings are type-checked and copied, the session classes and
+the commit policy are validated. Nothing here creates an engine or does I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
+
+from . import _engines, _urls
+from .errors import ConfigurationError
+from .propagation import CommitPolicy, check_policy
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a :class:`~fastapi_dbsession._database.Database` is built from."""
+
+    url: URL | None
+    """The sync URL, given or derived (None: no sync side)."""
+    async_url: URL | None
+    """The asyncio URL, given or derived (None: no async side)."""
+    url_given: bool
+    async_url_given: bool
+    engine_options: Mapping[str, Any]
+    async_engine_options: Mapping[str, Any]
+    session_options: Mapping[str, Any]
+    async_session_options: Mapping[str, Any]
+    session_class: type[Session]
+    async_session_class: type[AsyncSession] | None
+    commit_policy: CommitPolicy
+
+    def with_urls(self, url: URL | None, async_url: URL | None) -> Config:
+        """The same configuration on other databases (the testing helpers' test database)."""
+        return dataclasses.replace(self, url=url, async_url=async_url)
+
+    def describe(self) -> str:
+        """``url=..., async_url=...`` with passwords masked, for ``repr()`` and messages."""
+        return ", ".join(
+            f"{name}={_urls.render(url)!r}"
+            for name, url in (("url", self.url), ("async_url", self.async_url))
+            if url is not None
+        )
+
+
+def build_config(
+    *,
+    url: str | URL | None,
+    async_url: str | URL | None,
+    engine_options: Mapping[str, Any] | None,
+    async_engine_options: Mapping[str, Any] | None,
+    session_options: Mapping[str, Any] | None,
+    async_session_options: Mapping[str, Any] | None,
+    session_class: type[Session],
+    async_session_class: type[AsyncSession] | None,
+    commit_policy: CommitPolicy,
+) -> Config:
+    """Check the constructor's arguments and return the frozen configuration.
+
+    Raises:
+        ConfigurationError: No URL, a malformed URL, options of the wrong type, a session
+            class that is not a ``Session``, an unknown commit policy.
+    """
+    sync_url, given_async = _pair_urls(url, async_url)
+    checked_engine_options = _engines.check_options(engine_options, argument="engine_options")
+    session_defaults = _engines.check_options(session_options, argument="session_options")
+    if not (isinstance(session_class, type) and issubclass(session_class, Session)):
+        raise ConfigurationError(
+            f"session_class must be a subclass of sqlalchemy.orm.Session, not {session_class!r}."
+        )
+    return Config(
+        url=sync_url if sync_url is not None else _derive(given_async, _urls.sync_twin),
+        async_url=given_async if given_async is not None else _derive(sync_url, _urls.async_twin),
+        url_given=sync_url is not None,
+        async_url_given=given_async is not None,
+        engine_options=checked_engine_options,
+        async_engine_options=(
+            checked_engine_options
+            if async_engine_options is None
+            else _engines.check_options(async_engine_options, argument="async_engine_options")
+        ),
+        session_options=session_defaults,
+        async_session_options={
+            "expire_on_commit": False,
+            **session_defaults,
+            **_engines.check_options(async_session_options, argument="async_session_options"),
+        },
+        session_class=session_class,
+        async_session_class=async_session_class,
+        commit_policy=check_policy(commit_policy, argument="commit_policy"),
+    )
+
+
+def _pair_urls(url: str | URL | None, async_url: str | URL | None) -> tuple[URL | None, URL | None]:
+    """Parse both URLs; an asyncio URL given as ``url`` is taken as ``async_url``."""
+    sync_url = None if url is None else _urls.parse(url, argument="url")
+    given_async = None if async_url is None else _urls.parse(async_url, argument="async_url")
+    if sync_url is not None and _urls.is_async_driver(sync_url):
+        if given_async is not None:
+            raise ConfigurationError(
+                f"url={_urls.render(sync_url)!r} names an asyncio driver, and async_url is "
+                "set too. Pass a sync driver as url (e.g. postgresql+psycopg) and the "
+                "asyncio one as async_url."
+            )
+        sync_url, given_async = None, sync_url
+    if sync_url is None and given_async is None:
+        raise ConfigurationError(
+            "DatabaseSessionManager needs a database URL: "
+            'DatabaseSessionManager("sqlite:///./app.db"), '
+            'DatabaseSessionManager(async_url="postgresql+asyncpg://app@db/app"), or '
+            "DatabaseSessionManager.from_env() with DATABASE_URL set."
+        )
+    return sync_url, given_async
+
+
+def _derive(url: URL | None, twin: Callable[[URL], URL | None]) -> URL | None:
+    return None if url is None else twin(url)
+
+
+# from_env: (variable suffix, engine option, parser)
+_ENV_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("POOL_SIZE", "pool_size", "int"),
+    ("MAX_OVERFLOW", "max_overflow", "int"),
+    ("POOL_TIMEOUT", "pool_timeout", "float"),
+    ("POOL_RECYCLE", "pool_recycle", "int"),
+    ("POOL_PRE_PING", "pool_pre_ping", "flag"),
+    ("ECHO", "echo", "flag"),
+)
+
+
+def env_arguments(
+    environ: Mapping[str, str], prefix: str, overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Read the constructor's arguments from environment variables named ``{prefix}...``.
+
+    Raises:
+        ConfigurationError: No URL variable is set, or a number or flag does not parse.
+    """
+    options: dict[str, Any] = {}
+    for suffix, option, kind in _ENV_OPTIONS:
+        raw = environ.get(prefix + suffix)
+        if raw is None or raw == "":
+            continue
+        try:
+            options[option] = parse_bool(raw) if kind == "flag" else _NUMBERS[kind](raw)
+        except ValueError:
+            described = "flag (true/false)" if kind == "flag" else kind
+            raise ConfigurationError(
+                f"Environment variable {prefix}{suffix}={raw!r} is not a valid {described}."
+            ) from None
+    arguments: dict[str, Any] = {
+        "url": environ.get(prefix + "URL") or None,
+        "async_url": environ.get(prefix + "ASYNC_URL") or None,
+    }
+    if options:
+        arguments["engine_options"] = options
+    if environ.get(prefix + "COMMIT_POLICY"):
+        arguments["commit_policy"] = environ[prefix + "COMMIT_POLICY"]
+    arguments.update(overrides)
+    if arguments["url"] is None and arguments["async_url"] is None:
+        raise ConfigurationError(
+            f"DatabaseSessionManager.from_env() found neither {prefix}URL nor "
+            f"{prefix}ASYNC_URL in the environment. Set one, e.g. "
+            f"{prefix}URL=postgresql+psycopg://app@localhost/app."
+        )
+    return arguments
+
+
+_NUMBERS: dict[str, Callable[[str], int | float]] = {"int": int, "float": float}
+
+
+def parse_bool(raw: str) -> bool:
+    """Read a flag the way environment variables spell them (1/0, true/false, yes/no, on/off)."""
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
