@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole test suite with every quality gate, from a fresh clone, in its own virtualenvs:
-#   ruff check, ruff format --check, mypy --strict src, pytest with coverage (newest versions),
+#   ruff check, ruff format --check, mypy --strict src, lint-imports, mkdocs build --strict,
+#   pytest with coverage (newest versions),
 #   then pytest again against the oldest versions pyproject.toml declares (constraints/oldest.txt).
 # Needs PostgreSQL on 127.0.0.1:5432 and MariaDB on 127.0.0.1:3306 (started here if installed
 # but stopped). Without them the database tests skip, unless CI=true, where they fail.
@@ -57,6 +58,8 @@ log "ruff format --check"
 .venv/bin/ruff format --check src tests examples
 log "mypy --strict src"
 .venv/bin/mypy --strict src
+log "lint-imports (the layers of docs/architecture.md, type-checking imports included)"
+.venv/bin/lint-imports --no-cache
 log "mypy --strict tests/typing (documented usage keeps its types)"
 .venv/bin/mypy --strict tests/typing
 log "mkdocs build --strict (the documentation site: links, anchors, includes, API reference)"
