@@ -1,18 +1,26 @@
 """Connections that died while idle in the pool never fail the requests that come next.
 
 The server ends idle connections (a restart, a failover, an idle timeout, ``pg_terminate_backend``
-here); the pool does not notice until it lends one out. The manager's default checks each
-connection as it is lent and replaces a dead one, so the next requests all succeed. With the
-check switched off (``pool_pre_ping=False``) the same kill fails requests: the test can tell.
+or ``KILL`` here); the pool does not notice until it lends one out. The manager's default check
+costs no round trip (the driver's closed state, then a zero-timeout poll of the socket; the real
+ping only when something arrived) and replaces a dead connection, so the next requests all
+succeed, on every driver. A connection that dies between that check and the transaction's first
+statement is replaced and the statement sent again; one that dies after something was sent
+fails only its own request, which rolls back. With the check switched off
+(``pool_pre_ping=False``) the same kill fails requests: the tests can tell.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
-from sqlalchemy import create_engine, text
+from sqlalchemy import URL, create_engine, event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
@@ -24,26 +32,74 @@ pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyn
 
 POOL = 4
 REQUESTS = 20
-_CONNECTION_ID = {"postgresql": "SELECT pg_backend_pid()", "mariadb": "SELECT CONNECTION_ID()"}
-_KILL = {"postgresql": "SELECT pg_terminate_backend({})", "mariadb": "KILL {}"}
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("postgresql", marks=pytest.mark.postgresql),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
+@dataclass(frozen=True)
+class Server:
+    """A real server's test database, reached through one sync and one async driver."""
+
+    backend: Backend
+    connection_id_sql: str
+    kill_sql: str
+    alive_sql: str
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+
+_POSTGRES = (
+    "SELECT pg_backend_pid()",
+    "SELECT pg_terminate_backend({})",
+    "SELECT count(*) FROM pg_stat_activity WHERE pid IN ({})",
 )
-def server(request: pytest.FixtureRequest) -> Backend:
-    """A real server's test database (SQLite has no connections to kill)."""
-    fixture = "postgres_schema" if request.param == "postgresql" else "mariadb_schema"
-    url = request.getfixturevalue(fixture)
-    async_driver = "postgresql+asyncpg" if request.param == "postgresql" else "mysql+aiomysql"
-    return Backend(request.param, url, url.set(drivername=async_driver))
+_MARIADB = (
+    "SELECT CONNECTION_ID()",
+    "KILL {}",
+    "SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID IN ({})",
+)
 
 
-def _app(db: DatabaseSessionManager, sql: str) -> FastAPI:
+_DRIVERS = [
+    pytest.param(("postgresql+psycopg", "sync"), marks=pytest.mark.postgresql, id="psycopg"),
+    pytest.param(("postgresql+psycopg2", "sync"), marks=pytest.mark.postgresql, id="psycopg2"),
+    pytest.param(("postgresql+psycopg", "async"), marks=pytest.mark.postgresql, id="asyncpg"),
+    pytest.param(("mysql+pymysql", "sync"), marks=pytest.mark.mariadb, id="pymysql"),
+    pytest.param(("mysql+pymysql", "async"), marks=pytest.mark.mariadb, id="aiomysql"),
+]
+
+
+@pytest.fixture(params=_DRIVERS)
+def driver(request: pytest.FixtureRequest) -> tuple[Server, str]:
+    """Every driver we support, on its real server, with the side of the app that uses it
+    (psycopg 3 and psycopg2 through the sync side, asyncpg and aiomysql through the async)."""
+    sync_driver, side = request.param
+    if sync_driver.startswith("postgresql"):
+        url: URL = request.getfixturevalue("postgres_schema")
+        backend = Backend(
+            "postgresql",
+            url.set(drivername=sync_driver),
+            url.set(drivername="postgresql+asyncpg"),
+        )
+        return Server(backend, *_POSTGRES), side
+    url = request.getfixturevalue("mariadb_schema")
+    backend = Backend("mariadb", url, url.set(drivername="mysql+aiomysql"))
+    return Server(backend, *_MARIADB), side
+
+
+@pytest.fixture
+def server(driver: tuple[Server, str]) -> Server:
+    return driver[0]
+
+
+@pytest.fixture
+def app_side(driver: tuple[Server, str]) -> str:
+    return driver[1]
+
+
+def _app(db: DatabaseSessionManager, server: Server, after_write: Callable[[int], None]) -> FastAPI:
     app = FastAPI()
+    sql = server.connection_id_sql
 
     @app.get("/sync")
     def sync_id(session: Session = Depends(db.session)) -> int:
@@ -53,92 +109,165 @@ def _app(db: DatabaseSessionManager, sql: str) -> FastAPI:
     async def async_id(session: AsyncSession = Depends(db.async_session)) -> int:
         return int((await session.execute(text(sql))).scalar_one())
 
+    @app.post("/sync/items")
+    def sync_write(session: Session = Depends(db.session)) -> int:
+        session.execute(text("INSERT INTO items (name) VALUES ('mid-transaction')"))
+        own = int(session.execute(text(sql)).scalar_one())
+        after_write(own)  # the server drops this connection here
+        return int(session.execute(text(sql)).scalar_one())
+
+    @app.post("/async/items")
+    async def async_write(session: AsyncSession = Depends(db.async_session)) -> int:
+        await session.execute(text("INSERT INTO items (name) VALUES ('mid-transaction')"))
+        own = int((await session.execute(text(sql))).scalar_one())
+        after_write(own)
+        return int((await session.execute(text(sql))).scalar_one())
+
     return app
 
 
-async def _fill_pool(db: DatabaseSessionManager, side: str, sql: str) -> set[int]:
-    """Make the pool hold ``POOL`` idle connections; return their server-side ids."""
-    ids: set[int] = set()
+async def _fill_pool(db: DatabaseSessionManager, server: Server, side: str) -> dict[int, int]:
+    """Make the pool hold ``POOL`` idle connections; return {id(DBAPI connection): server id}."""
+    sql = text(server.connection_id_sql)
+    ids: dict[int, int] = {}
     if side == "sync":
         connections = [db.engine.connect() for _ in range(POOL)]
         for connection in connections:
-            ids.add(int(connection.execute(text(sql)).scalar_one()))
+            raw = connection.connection.dbapi_connection
+            ids[id(raw)] = int(connection.execute(sql).scalar_one())
             connection.close()
     else:
         async_connections = [await db.async_engine.connect() for _ in range(POOL)]
         for async_connection in async_connections:
-            ids.add(int((await async_connection.execute(text(sql))).scalar_one()))
+            raw = (await async_connection.get_raw_connection()).dbapi_connection
+            ids[id(raw)] = int((await async_connection.execute(sql)).scalar_one())
             await async_connection.close()
     return ids
 
 
-_ALIVE = {
-    "postgresql": "SELECT count(*) FROM pg_stat_activity WHERE pid IN ({})",
-    "mariadb": "SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID IN ({})",
-}
-
-
-async def _kill(server: Backend, ids: set[int]) -> None:
-    """End the connections on the server and wait until it says they are gone, then give the
-    event loop a moment, as the time between a server-side kill and the next request would."""
-    admin = create_engine(server.url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+def kill(server: Server, ids: set[int]) -> None:
+    """End the connections on the server and wait until it says they are gone."""
+    admin = create_engine(server.backend.url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     listed = ", ".join(str(int(connection_id)) for connection_id in ids)
     try:
         with admin.connect() as connection:
             for connection_id in ids:
-                connection.execute(text(_KILL[server.name].format(int(connection_id))))
-            for _ in range(100):
-                if not connection.execute(text(_ALIVE[server.name].format(listed))).scalar():
-                    break
-                await anyio.sleep(0.02)
+                connection.execute(text(server.kill_sql.format(int(connection_id))))
+            for _ in range(200):
+                if not connection.execute(text(server.alive_sql.format(listed))).scalar():
+                    return
+                time.sleep(0.01)
     finally:
         admin.dispose()
-    await anyio.sleep(0.1)
 
 
-async def _requests_after_kill(
-    server: Backend, side: str, engine_options: dict[str, object]
-) -> tuple[list[int], set[int]]:
-    sql = _CONNECTION_ID[server.name]
-    db = DatabaseSessionManager(
-        server.url,
-        async_url=server.async_url,
+def _manager(server: Server, **engine_options: object) -> DatabaseSessionManager:
+    return DatabaseSessionManager(
+        server.backend.url,
+        async_url=server.backend.async_url,
         engine_options={"pool_size": POOL, "max_overflow": 0, **engine_options},
     )
-    app = _app(db, sql)
+
+
+async def _send(app: FastAPI, method: str, path: str, count: int) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return [await client.request(method, path) for _ in range(count)]
+
+
+async def _reads_after_kill(
+    server: Server, side: str, *, settle: float, **engine_options: object
+) -> tuple[list[int], set[int], set[int]]:
+    db = _manager(server, **engine_options)
+    app = _app(db, server, lambda own: None)
     try:
-        killed = await _fill_pool(db, side, sql)
-        await _kill(server, killed)
-        statuses: list[int] = []
-        seen: set[int] = set()
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            for _ in range(REQUESTS):
-                response = await client.get(f"/{side}")
-                statuses.append(response.status_code)
-                if response.status_code == 200:
-                    seen.add(int(response.json()))
-        assert not seen & killed  # no answer came from a killed connection
-        return statuses, killed
+        killed = set((await _fill_pool(db, server, side)).values())
+        kill(server, killed)
+        if settle:
+            await anyio.sleep(settle)  # the event loop runs: asyncio drivers see the EOF
+        responses = await _send(app, "GET", f"/{side}", REQUESTS)
+        seen = {int(r.json()) for r in responses if r.status_code == 200}
+        return [r.status_code for r in responses], killed, seen
     finally:
         await db.async_dispose()
         db.dispose()
 
 
+@pytest.mark.parametrize("settle", [0.1, 0.0], ids=["killed-earlier", "killed-just-now"])
 async def test_requests_after_idle_connections_are_killed_all_succeed(
-    server: Backend, side: str, anyio_backend: str
+    server: Server, app_side: str, settle: float, anyio_backend: str
 ) -> None:
-    statuses, killed = await _requests_after_kill(server, side, {})
+    statuses, killed, seen = await _reads_after_kill(server, app_side, settle=settle)
 
     assert len(killed) == POOL
+    assert statuses == [200] * REQUESTS
+    assert not seen & killed  # no answer came from a killed connection
+
+
+async def test_explicit_pool_pre_ping_still_works(
+    server: Server, app_side: str, anyio_backend: str
+) -> None:
+    """pool_pre_ping=True (a real ping per checkout) stays available and safe."""
+    statuses, _, _ = await _reads_after_kill(server, app_side, settle=0.1, pool_pre_ping=True)
+
     assert statuses == [200] * REQUESTS
 
 
 async def test_without_the_check_killed_connections_fail_requests(
-    server: Backend, side: str, anyio_backend: str
+    server: Server, app_side: str, anyio_backend: str
 ) -> None:
     """The control: the same kill with pool_pre_ping=False does fail requests (500s)."""
-    statuses, _ = await _requests_after_kill(server, side, {"pool_pre_ping": False})
+    statuses, _, _ = await _reads_after_kill(server, app_side, settle=0.1, pool_pre_ping=False)
 
     assert 500 in statuses
     assert statuses[-1] == 200  # the pool replaces what failed: the app recovers
+
+
+async def test_a_connection_dying_before_the_first_statement_is_replaced_and_resent(
+    server: Server, app_side: str, anyio_backend: str
+) -> None:
+    """The connection passes the check, then the server drops it before the first statement
+    (a test listener kills it right after our check): the statement goes out again on a new
+    connection and the request succeeds."""
+    db = _manager(server)
+    app = _app(db, server, lambda own: None)
+    killed: set[int] = set()
+    engine = db.async_engine.sync_engine if app_side == "async" else db.engine
+    try:
+        pooled = await _fill_pool(db, server, app_side)
+
+        @event.listens_for(engine, "checkout")
+        def kill_after_the_check(dbapi_connection: object, *args: object) -> None:
+            victim = pooled.pop(id(dbapi_connection), None)
+            if victim is not None:  # one of the pooled ones, lent for the first time since
+                kill(server, {victim})
+                killed.add(victim)
+
+        responses = await _send(app, "GET", f"/{app_side}", POOL + 2)
+        event.remove(engine, "checkout", kill_after_the_check)
+    finally:
+        await db.async_dispose()
+        db.dispose()
+
+    assert [r.status_code for r in responses] == [200] * (POOL + 2)
+    assert len(killed) == POOL
+    assert not {int(r.json()) for r in responses} & killed
+
+
+async def test_a_connection_dying_mid_transaction_fails_only_that_request(
+    server: Server, app_side: str, anyio_backend: str
+) -> None:
+    """Once something was sent, nothing is re-sent: that request fails and rolls back (its
+    INSERT is absent), and the next requests are served."""
+    db = _manager(server)
+    app = _app(db, server, lambda own: kill(server, {own}))
+    try:
+        failed = await _send(app, "POST", f"/{app_side}/items", 1)
+        after = await _send(app, "GET", f"/{app_side}", 5)
+    finally:
+        await db.async_dispose()
+        db.dispose()
+
+    assert [r.status_code for r in failed] == [500]
+    assert server.backend.count(where="WHERE name = 'mid-transaction'") == 0
+    assert [r.status_code for r in after] == [200] * 5

@@ -11,7 +11,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
 
-from . import _urls
+from . import _liveness, _urls
 from .errors import ConfigurationError, MissingDriverError
 
 if TYPE_CHECKING:
@@ -72,8 +72,6 @@ def engine_options(url: URL, user_options: Mapping[str, Any], *, is_async: bool)
             options["poolclass"] = StaticPool
         elif is_async:  # SQLAlchemy < 2.0.38 defaulted aiosqlite to NullPool: be consistent
             options["poolclass"] = AsyncAdaptedQueuePool
-    else:
-        options["pool_pre_ping"] = True
     options.update(user_options)
     options["connect_args"] = {**connect_args, **dict(user_options.get("connect_args", {}))}
     return options
@@ -112,6 +110,8 @@ def create(
     sync_engine: Engine = getattr(engine, "sync_engine", engine)  # type: ignore[arg-type]
     if url.get_backend_name() == "sqlite":
         _sqlite_transactions(sync_engine)
+    elif "pool_pre_ping" not in user_options:  # True: SQLAlchemy's ping; False: no check
+        _liveness.install(sync_engine)
     logger.info("created %s engine for %s", side, shown)
     return engine
 

@@ -32,9 +32,9 @@ class DatabaseSessionManager:
         async_url: The asyncio URL; derived from ``url`` for known driver pairs when omitted
             (sqlite → aiosqlite, postgresql+psycopg → psycopg, postgresql → asyncpg,
             mysql+pymysql → aiomysql).
-        engine_options: ``create_engine`` arguments over the safe defaults
-            (``pool_pre_ping=True``; SQLite: ``check_same_thread=False``, ``StaticPool`` for
-            ``:memory:``, foreign keys on).
+        engine_options: ``create_engine`` arguments over the safe defaults (servers: a
+            liveness check at checkout without a round trip, ``pool_pre_ping`` True/False to
+            replace it; SQLite: ``check_same_thread=False``, ``StaticPool`` for ``:memory:``).
         async_engine_options: The same for ``create_async_engine`` (default: ``engine_options``).
         session_options: Keyword arguments for the sessionmakers (both sides).
         async_session_options: Async sessionmaker overrides (default ``expire_on_commit=False``).

@@ -1,0 +1,256 @@
+"""Keep dead pooled connections away from requests without a round trip to the server.
+
+SQLAlchemy's ``pool_pre_ping=True`` sends a statement (three round trips on asyncpg) each time
+the pool lends a connection. This module gets the same safety from what the client already
+knows, installed on an engine by :func:`install`:
+
+- **at checkout**, the driver's own closed state (asyncpg learns of a closed socket through
+  its protocol's ``connection_lost``), then a zero-timeout poll of the idle connection's socket:
+  an idle connection has nothing to say, so a readable socket means EOF, an error or an
+  asynchronous message. Only then is the real ping sent; a closed or failing connection raises
+  ``DisconnectionError``, which makes the pool replace it transparently;
+- **at the first statement after checkout**, a disconnect error (the connection died between
+  the check and the statement, or the socket did not show it yet) means nothing of the
+  transaction reached the server: the connection is replaced in place and the statement sent
+  again, once. Never after anything was sent, never in autocommit mode (the statement may have
+  committed), never with a custom isolation level (the new connection would not carry it).
+
+Some drivers expose their socket only through attributes without a public accessor (asyncpg's
+``_transport``, PyMySQL's ``_sock``, aiomysql's ``_reader``), and SQLAlchemy has no public way
+to reconnect a checked-out connection in place (``_connection_record``). They are read with
+``getattr`` and a default: where one is missing, the check falls back to the real ping and the
+first statement is not re-sent. No other module reads third-party internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Dialect, Engine
+    from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor, ExecutionContext
+    from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+logger = logging.getLogger(__name__)
+
+IDLE, SUSPECT, CLOSED = "idle", "suspect", "closed"
+_FIRST = "fastapi_dbsession.first_statement"  # connection info: nothing sent since checkout
+_POLL = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+
+
+def install(engine: Engine) -> None:
+    """Check connections at checkout and redo a first statement that met a dead one."""
+    sync_engine: Engine = getattr(engine, "sync_engine", engine)
+    dialect = sync_engine.dialect
+
+    def on_checkout(
+        dbapi_connection: DBAPIConnection,
+        record: ConnectionPoolEntry,
+        proxy: PoolProxiedConnection,
+    ) -> None:
+        check(dialect, dbapi_connection)
+        record.info[_FIRST] = True
+
+    def do_execute(
+        cursor: DBAPICursor, statement: str, parameters: Any, context: ExecutionContext
+    ) -> bool:
+        return _first_statement(
+            dialect, context, lambda sent: dialect.do_execute(sent, statement, parameters, context)
+        )
+
+    def do_execute_no_params(
+        cursor: DBAPICursor, statement: str, context: ExecutionContext
+    ) -> bool:
+        return _first_statement(
+            dialect, context, lambda sent: dialect.do_execute_no_params(sent, statement, context)
+        )
+
+    def do_executemany(
+        cursor: DBAPICursor, statement: str, parameters: Any, context: ExecutionContext
+    ) -> bool:
+        return _first_statement(
+            dialect,
+            context,
+            lambda sent: dialect.do_executemany(sent, statement, parameters, context),
+        )
+
+    event.listen(sync_engine, "checkout", on_checkout)
+    event.listen(sync_engine, "do_execute", do_execute)
+    event.listen(sync_engine, "do_execute_no_params", do_execute_no_params)
+    event.listen(sync_engine, "do_executemany", do_executemany)
+
+
+def check(dialect: Dialect, dbapi_connection: DBAPIConnection) -> None:
+    """Raise ``DisconnectionError`` for a connection that is closed or fails its ping.
+
+    The ping is only sent when the connection's state or socket says something happened.
+    """
+    state = connection_state(dbapi_connection)
+    if state is IDLE:
+        return
+    if state is CLOSED:
+        raise DisconnectionError("the driver reports the pooled connection closed")
+    try:
+        alive = dialect.do_ping(dbapi_connection)
+    except Exception as exc:  # whatever the socket held, this connection is not usable
+        raise DisconnectionError(f"the pooled connection failed its ping: {exc!r}") from exc
+    if not alive:
+        raise DisconnectionError("the pooled connection failed its ping")
+
+
+def connection_state(dbapi_connection: object) -> str:
+    """``IDLE``, ``SUSPECT`` (something arrived, or we cannot tell: ping it) or ``CLOSED``."""
+    driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    probe = _probe_for(type(driver))
+    try:
+        return probe(driver)
+    except Exception:  # a driver state we do not know: let the real ping decide
+        return SUSPECT
+
+
+def _probe_for(kind: type) -> Callable[[Any], str]:
+    probe = _probes.get(kind)
+    if probe is None:
+        probe = _PROBES_BY_PACKAGE.get(kind.__module__.partition(".")[0], _unknown)
+        _probes[kind] = probe
+    return probe
+
+
+def _readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, _POLL)
+    return bool(poller.poll(0))
+
+
+def _socket_state(fd: int | None) -> str:
+    if fd is None or fd < 0:
+        return SUSPECT
+    return SUSPECT if _readable(fd) else IDLE
+
+
+def _psycopg(connection: Any) -> str:  # psycopg 3, sync and async
+    if connection.closed or connection.broken:
+        return CLOSED
+    return _socket_state(connection.fileno())
+
+
+def _psycopg2(connection: Any) -> str:
+    if connection.closed:
+        return CLOSED
+    return _socket_state(connection.fileno())
+
+
+def _asyncpg(connection: Any) -> str:
+    if connection.is_closed():
+        return CLOSED
+    transport = getattr(connection, "_transport", None)
+    sock = None if transport is None else transport.get_extra_info("socket")
+    return _socket_state(None if sock is None else sock.fileno())
+
+
+def _pymysql(connection: Any) -> str:
+    sock = getattr(connection, "_sock", None)
+    if sock is None:
+        return CLOSED
+    return _socket_state(sock.fileno())
+
+
+def _aiomysql(connection: Any) -> str:
+    if connection.closed:
+        return CLOSED
+    reader = getattr(connection, "_reader", None)
+    if reader is None or getattr(reader, "_eof", True) or getattr(reader, "_buffer", b"x"):
+        return SUSPECT  # the loop already read EOF or a message into the stream's buffer
+    writer = getattr(connection, "_writer", None)
+    sock = None if writer is None else writer.transport.get_extra_info("socket")
+    return _socket_state(None if sock is None else sock.fileno())
+
+
+def _unknown(connection: Any) -> str:
+    return SUSPECT
+
+
+_PROBES_BY_PACKAGE: dict[str, Callable[[Any], str]] = {
+    "psycopg": _psycopg,
+    "psycopg2": _psycopg2,
+    "asyncpg": _asyncpg,
+    "pymysql": _pymysql,
+    "aiomysql": _aiomysql,
+}
+_probes: dict[type, Callable[[Any], str]] = {}
+
+
+def _first_statement(
+    dialect: Dialect, context: ExecutionContext, run: Callable[[DBAPICursor], object]
+) -> bool:
+    """Run the statement; if it is the first since checkout and met a dead connection, replace
+    the connection in place and run it again, once. Returns True: the statement was run."""
+    proxied = context.root_connection.connection
+    try:
+        info = proxied.info
+    except NotImplementedError:  # SQLAlchemy's own first-connect queries, before any checkout
+        return False
+    if not info.get(_FIRST):
+        return False  # SQLAlchemy runs it as usual
+    info[_FIRST] = False
+    try:
+        run(context.cursor)
+    except Exception as exc:
+        if not _may_resend(dialect, context, proxied, exc):
+            raise
+        cursor = _reconnect_in_place(proxied, context, exc)
+        if cursor is None:
+            raise
+        logger.warning(
+            "the connection died before the transaction's first statement (%s: %s); sent it "
+            "again on a new connection",
+            type(exc).__name__,
+            str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+        )
+        run(cursor)
+    return True
+
+
+def _may_resend(
+    dialect: Dialect, context: ExecutionContext, proxied: PoolProxiedConnection, exc: Exception
+) -> bool:
+    if not isinstance(exc, dialect.loaded_dbapi.Error):
+        return False
+    if context.execution_options.get("isolation_level") is not None:
+        return False  # AUTOCOMMIT may have committed; another level would be lost
+    if _autocommit(proxied.dbapi_connection):
+        return False
+    return bool(dialect.is_disconnect(exc, proxied.dbapi_connection, context.cursor))
+
+
+def _autocommit(dbapi_connection: object) -> bool:
+    """Whether the connection commits every statement (unknown counts as yes: never resend)."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    for candidate in (dbapi_connection, driver):
+        getter = getattr(candidate, "get_autocommit", None)  # PyMySQL, aiomysql
+        if callable(getter):
+            return bool(getter())
+        mode = getattr(candidate, "autocommit", None)  # psycopg, psycopg2, SQLAlchemy's asyncpg
+        if isinstance(mode, bool):
+            return mode
+    return True
+
+
+def _reconnect_in_place(
+    proxied: PoolProxiedConnection, context: ExecutionContext, exc: Exception
+) -> DBAPICursor | None:
+    """Swap a fresh DBAPI connection under the checked-out one; return a cursor on it."""
+    record = getattr(proxied, "_connection_record", None)
+    if record is None or not hasattr(record, "get_connection"):
+        return None
+    record.invalidate(exc)
+    proxied.dbapi_connection = record.get_connection()  # type: ignore[misc]
+    cursor = context.create_cursor()
+    context.cursor = cursor
+    return cursor
