@@ -123,6 +123,27 @@ def versions(python: Path | str) -> dict[str, str]:
     return dict(json.loads(result.stdout))
 
 
+def library_origin(python: Path | str) -> str:
+    """Where that interpreter imports fastapi_dbsession from, and the checkout's commit."""
+    result = subprocess.run(
+        [str(python), "-c", "import fastapi_dbsession as m; print(m.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    package = Path(result.stdout.strip()).parent
+    git = ["git", "-C", str(package)]
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    changed = subprocess.run(
+        [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    if not commit:
+        return str(package)
+    return f"{package} (commit {commit}{', with uncommitted changes' if changed else ''})"
+
+
 def stack_pins(core_versions: dict[str, str]) -> dict[str, str]:
     """The constraints that align a peer's venv with ours."""
     return {name: core_versions[name] for name in SHARED_STACK if name in core_versions}
