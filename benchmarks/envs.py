@@ -132,16 +132,16 @@ def library_origin(python: Path | str) -> str:
         check=True,
     )
     package = Path(result.stdout.strip()).parent
-    git = ["git", "-C", str(package)]
-    commit = subprocess.run(
-        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    changed = subprocess.run(
-        [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    if not commit:
+
+    def git(*args: str) -> str:
+        command = ["git", "-C", str(package), *args]
+        return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
+
+    head, last = git("rev-parse", "--short", "HEAD"), git("log", "-1", "--format=%h", "--", ".")
+    if not head:
         return str(package)
-    return f"{package} (commit {commit}{', with uncommitted changes' if changed else ''})"
+    changed = ", with uncommitted changes" if git("status", "--porcelain", "--", ".") else ""
+    return f"{package} (last changed in {last}, checkout at {head}{changed})"
 
 
 def stack_pins(core_versions: dict[str, str]) -> dict[str, str]:

@@ -475,18 +475,17 @@ def render(results: dict[str, Any]) -> str:
         "#### Targets for fastapi_dbsession (issue 13)",
         "",
         *_targets(results),
-        "#### Round trips per request",
-        "",
-        *_roundtrips(results),
+        *_section("Round trips per request", _roundtrips(results)),
         *_throughput_tables(results),
-        "#### Pool starvation",
-        "",
-        *_starvation(results),
-        "#### Per-request CPU cost (in-process)",
-        "",
-        *_cpu(results),
+        *_section("Pool starvation", _starvation(results) if results["starvation"] else []),
+        *_section("Per-request CPU cost (in-process)", _cpu(results)),
     ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _section(title: str, body: list[str]) -> list[str]:
+    """A heading and its body, or nothing for a scenario that did not run."""
+    return [f"#### {title}", "", *body] if body else []
 
 
 def update_readme(path: Path, markdown: str) -> None:
