@@ -1,7 +1,10 @@
 """Measure per-request CPU cost in-process (raw ASGI calls, no network) and profile where it goes.
 
-Run by run.py inside the core venv, pinned to CPU 0, with BENCH_PG_* set. Every app is imported
-into this one process and driven one request at a time; the apps are interleaved round by round.
+Run by run.py, pinned to CPU 0, with BENCH_PG_* set: once in the core venv (our apps, the
+tutorial pattern and the references), once in each peer's venv (the peer beside the tutorial
+pattern, so that each difference is taken in one process). Every app given with --apps is
+imported into this one process and driven one request at a time; the apps are interleaved
+round by round.
 ``time.process_time`` counts every thread of the process (sync endpoints run in the threadpool).
 Prints one JSON line; writes pyinstrument profiles to --profile-dir when pyinstrument is there.
 """
@@ -28,15 +31,6 @@ import load  # noqa: E402
 
 ENDPOINTS = ("read", "write", "list", "noop")
 SEED_ROWS = 1000
-MODULES = {
-    "handwritten-sync": "handwritten_sync",
-    "dbsession-sync": "dbsession_sync",
-    "handwritten-async": "handwritten_async",
-    "dbsession-async": "dbsession_async",
-    "handwritten-commit-sync": "handwritten_commit_sync",
-    "handwritten-commit-async": "handwritten_commit_async",
-}
-BASELINE = {"dbsession-sync": "handwritten-sync", "dbsession-async": "handwritten-async"}
 LIBRARY_PATH = "/fastapi_dbsession/"
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -156,6 +150,8 @@ def save_profile(profiler: Any, impl_id: str, requests: int, directory: Path) ->
 async def profile(apps: dict[str, App], requests: int, directory: Path) -> dict[str, Any]:
     """Profile ``requests`` requests per endpoint for each app (main thread, where the
     dependencies and every async endpoint run; sync endpoint bodies run in worker threads)."""
+    if not apps:
+        return {}
     try:
         from pyinstrument import Profiler
     except ImportError:
@@ -173,21 +169,25 @@ async def profile(apps: dict[str, App], requests: int, directory: Path) -> dict[
     return out
 
 
-def vacuum() -> None:
-    import psycopg
+async def vacuum() -> None:
+    """Drop the rows the writes added and vacuum (asyncpg: every benchmark venv has it)."""
+    import asyncpg
     from apps.common import settings
 
-    conninfo = f"host={settings.host} port={settings.port} user={settings.user}"
-    with psycopg.connect(f"{conninfo} dbname={settings.database}", autocommit=True) as connection:
-        connection.execute("DELETE FROM items WHERE id > %s", (SEED_ROWS,))
-        connection.execute("VACUUM ANALYZE items")
+    connection = await asyncpg.connect(settings.dsn)
+    try:
+        await connection.execute("DELETE FROM items WHERE id > $1", SEED_ROWS)
+        await connection.execute("VACUUM ANALYZE items")
+    finally:
+        await connection.close()
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    impl_ids = [name for name in args.impls.split(",") if name in MODULES]
+    modules = dict(pair.split("=", 1) for pair in args.apps.split(","))
     apps: dict[str, App] = {
-        name: importlib.import_module(f"apps.{MODULES[name]}").app for name in impl_ids
+        name: importlib.import_module(f"apps.{module}").app for name, module in modules.items()
     }
+    impl_ids = list(apps)
     runs: dict[str, dict[str, list[dict[str, float]]]] = {
         name: {endpoint: [] for endpoint in ENDPOINTS} for name in impl_ids
     }
@@ -198,7 +198,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             for endpoint in ENDPOINTS:
                 await batch(app, endpoint, max(20, args.requests // 10))
         for round_number in range(args.rounds):
-            vacuum()
+            await vacuum()
             order = list(apps.items())
             if round_number % 2:  # alternate the order: no app always runs first
                 order.reverse()
@@ -206,18 +206,21 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 for endpoint in ENDPOINTS:
                     cpu, wall, bad = await batch(app, endpoint, args.requests)
                     runs[name][endpoint].append({"cpu_us": cpu, "wall_us": wall, "bad": bad})
-        vacuum()
-        profiles = await profile(apps, args.profile_requests, Path(args.profile_dir))
+        await vacuum()
+        wanted = set(args.profile.split(",")) if args.profile_requests else set()
+        profiled = {name: app for name, app in apps.items() if name in wanted}
+        profiles = await profile(profiled, args.profile_requests, Path(args.profile_dir))
     return {"requests": args.requests, "rounds": args.rounds, "runs": runs, "profiles": profiles}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--impls", required=True)
+    parser.add_argument("--apps", required=True, help="id=module,... (modules under apps/)")
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--profile-requests", type=int, default=1500)
+    parser.add_argument("--profile-requests", type=int, default=1500, help="0: no profiles")
     parser.add_argument("--profile-dir", required=True)
+    parser.add_argument("--profile", default="", help="ids of the apps to profile (default none)")
     args = parser.parse_args()
     random.seed(7)
     try:

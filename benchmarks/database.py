@@ -11,6 +11,9 @@ import psycopg
 
 SEED_ROWS = 1000
 SEED_SQL = "INSERT INTO items (name, price) SELECT 'item-' || n, n FROM generate_series(1, %s) n"
+# pg_stat_force_next_flush() is only honoured when the backend has pending table statistics
+# (pgstat_report_stat returns early otherwise, database counters included): hence the scan.
+FLUSH_SQL = "SELECT pg_stat_force_next_flush(), (SELECT 1 FROM pg_catalog.pg_namespace LIMIT 1)"
 SCHEMA_SQL = (
     "CREATE TABLE items (id serial PRIMARY KEY, name varchar(50) NOT NULL, price integer NOT NULL)"
 )
@@ -73,10 +76,34 @@ class Inspector:
     """Look at the benchmark database from outside the apps: what is really committed."""
 
     def __init__(self, server: Server, database: str) -> None:
+        self._database = database
         self._connection = psycopg.connect(server.conninfo(database), autocommit=True)
+        # Reads the server's statistics from another database, so that reading adds nothing.
+        self._admin = psycopg.connect(server.conninfo(server.admin_database), autocommit=True)
+        self._own_flushes = 0
 
     def close(self) -> None:
         self._connection.close()
+        self._admin.close()
+
+    def transactions(self) -> int | None:
+        """Transactions the benchmark database has committed or rolled back so far.
+
+        The server's statistics (``xact_commit + xact_rollback`` of ``pg_stat_database``) are
+        flushed by each backend on its own schedule; this inspector's own connection flushes
+        first (``FLUSH_SQL``, one transaction, left out of the count), the
+        apps' connections are flushed by ``driver_calls.py``. None before PostgreSQL 15.
+        """
+        try:
+            self._connection.execute(FLUSH_SQL)
+        except psycopg.errors.UndefinedFunction:
+            return None
+        self._own_flushes += 1
+        row = self._admin.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+            (self._database,),
+        ).fetchone()
+        return int(row[0]) - self._own_flushes if row else None
 
     def server_version(self) -> str:
         row = self._connection.execute("SHOW server_version").fetchone()

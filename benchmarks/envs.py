@@ -123,6 +123,27 @@ def versions(python: Path | str) -> dict[str, str]:
     return dict(json.loads(result.stdout))
 
 
+def library_origin(python: Path | str) -> str:
+    """Where that interpreter imports fastapi_dbsession from, and the checkout's commit."""
+    result = subprocess.run(
+        [str(python), "-c", "import fastapi_dbsession as m; print(m.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    package = Path(result.stdout.strip()).parent
+
+    def git(*args: str) -> str:
+        command = ["git", "-C", str(package), *args]
+        return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
+
+    head, last = git("rev-parse", "--short", "HEAD"), git("log", "-1", "--format=%h", "--", ".")
+    if not head:
+        return str(package)
+    changed = ", with uncommitted changes" if git("status", "--porcelain", "--", ".") else ""
+    return f"{package} (last changed in {last}, checkout at {head}{changed})"
+
+
 def stack_pins(core_versions: dict[str, str]) -> dict[str, str]:
     """The constraints that align a peer's venv with ours."""
     return {name: core_versions[name] for name in SHARED_STACK if name in core_versions}

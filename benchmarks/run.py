@@ -1,12 +1,16 @@
-"""Benchmark fastapi_dbsession against the hand-written pattern, the peer libraries and a floor.
+"""Benchmark fastapi_dbsession against the tutorial pattern, hand-written references, the peer
+libraries and a floor.
 
-    python3 benchmarks/run.py            # full run (~30 min on 2 cores), see benchmarks/README.md
+    python3 benchmarks/run.py            # full run (~50 min on 2 cores), see benchmarks/README.md
     python3 benchmarks/run.py --quick    # a second or two per app, correctness checks on
 
-Three scenarios: (1) throughput and latency of real uvicorn servers (CPU 0) under wrk (CPU 1),
-implementations interleaved round by round; (2) pool starvation: pool 3+0, 100 concurrent
-requests; (3) per-request CPU cost in-process, with a profile. Results go to
-benchmarks/results/ (latest.json, latest.md, profiles).
+Four scenarios: (0) round trips per request: each app alone under driver_calls.py, its driver
+calls and the server's transactions counted; (1) throughput and latency of real uvicorn servers
+(CPU 0) under wrk (CPU 1), implementations interleaved round by round; (2) pool starvation:
+pool 3+0, 100 concurrent requests; (3) per-request CPU cost in-process, with a profile. Every
+ratio and difference is taken against the tutorial pattern as written (``tutorial-sync`` /
+``tutorial-async``). It measures the checkout it lives in: .venv-bench-core installs this
+repository, editable. Results go to benchmarks/results/ (latest.json, latest.md, profiles).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +38,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import envs  # noqa: E402
+import load  # noqa: E402
 import report  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -41,6 +47,7 @@ LIST_LIMIT = 50
 SEED_ROWS = 1000  # database.SEED_ROWS; the database module needs psycopg, imported later
 MISSING_ID = 987_654_321
 EXIT_NO_DATABASE = 3
+SCENARIOS = ("roundtrips", "throughput", "starvation", "cpu")
 
 
 @dataclass(frozen=True)
@@ -55,19 +62,25 @@ class Impl:
 
     @property
     def baseline(self) -> str:
-        return f"handwritten-{self.side}"
+        """The tutorial pattern as written, of the same side: every ratio's denominator."""
+        return f"tutorial-{self.side}"
 
 
+TUTORIAL = "tutorial pattern as written (baseline)"
+PINGED = "tutorial get_db + pool_pre_ping=True"
+PINGED_SAFE = "tutorial get_db + pool_pre_ping=True, commits before the response"
 IMPLS = (
-    Impl("handwritten-sync", "handwritten_sync", "core", "sync", "hand-written get_db (baseline)"),
+    Impl("tutorial-sync", "tutorial_sync", "core", "sync", TUTORIAL),
     Impl("dbsession-sync", "dbsession_sync", "core", "sync", "fastapi_dbsession"),
     Impl(
-        "handwritten-commit-sync",
-        "handwritten_commit_sync",
+        "dbsession-noping-sync",
+        "dbsession_noping_sync",
         "core",
         "sync",
-        "hand-written get_db, commits before the response",
+        "fastapi_dbsession, pool_pre_ping=False",
     ),
+    Impl("handwritten-sync", "handwritten_sync", "core", "sync", PINGED),
+    Impl("handwritten-commit-sync", "handwritten_commit_sync", "core", "sync", PINGED_SAFE),
     Impl("fastapi-sqla-sync", "fastapi_sqla_sync", "fastapi-sqla", "sync", "fastapi-sqla"),
     Impl(
         "advanced-alchemy-sync",
@@ -76,17 +89,17 @@ IMPLS = (
         "sync",
         "advanced-alchemy",
     ),
-    Impl(
-        "handwritten-async", "handwritten_async", "core", "async", "hand-written get_db (baseline)"
-    ),
+    Impl("tutorial-async", "tutorial_async", "core", "async", TUTORIAL),
     Impl("dbsession-async", "dbsession_async", "core", "async", "fastapi_dbsession"),
     Impl(
-        "handwritten-commit-async",
-        "handwritten_commit_async",
+        "dbsession-noping-async",
+        "dbsession_noping_async",
         "core",
         "async",
-        "hand-written get_db, commits before the response",
+        "fastapi_dbsession, pool_pre_ping=False",
     ),
+    Impl("handwritten-async", "handwritten_async", "core", "async", PINGED),
+    Impl("handwritten-commit-async", "handwritten_commit_async", "core", "async", PINGED_SAFE),
     Impl("fastapi-sqla-async", "fastapi_sqla_async", "fastapi-sqla", "async", "fastapi-sqla"),
     Impl(
         "advanced-alchemy-async",
@@ -105,8 +118,7 @@ IMPLS = (
     Impl("asyncpg-floor", "asyncpg_floor", "core", "async", "floor: raw asyncpg pool, no ORM"),
 )
 BY_ID = {impl.id: impl for impl in IMPLS}
-CORE_IDS = ("handwritten-sync", "dbsession-sync", "handwritten-async", "dbsession-async")
-SAFE_IDS = ("handwritten-commit-sync", "handwritten-commit-async")  # in-process too, if asked
+NOT_IN_PROCESS = ("asyncpg-floor",)  # the in-process scenario measures every SQLAlchemy app
 
 
 @dataclass
@@ -124,6 +136,7 @@ class Options:
     starvation_timeout: float
     cpu_requests: int
     cpu_rounds: int
+    roundtrip_requests: int
     results: Path
     strict: bool
     update_readme: bool
@@ -185,8 +198,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def serve(impl: Impl, options: Options, env: dict[str, str], tag: str) -> Iterator[Running]:
-    """Run ``impl`` under uvicorn (one worker, CPU 0) and yield it once it answers."""
+def serve(
+    impl: Impl, options: Options, env: dict[str, str], tag: str, target: str | None = None
+) -> Iterator[Running]:
+    """Run ``impl`` under uvicorn (one worker, CPU 0) and yield it once it answers.
+
+    ``target`` is the ASGI app uvicorn serves, ``apps.<module>:app`` unless given.
+    """
     port = free_port()
     logs = options.results / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -196,7 +214,7 @@ def serve(impl: Impl, options: Options, env: dict[str, str], tag: str) -> Iterat
         options.pythons[impl.env],
         "-m",
         "uvicorn",
-        f"apps.{impl.module}:app",
+        target or f"apps.{impl.module}:app",
         "--app-dir",
         str(BENCH_DIR),
         "--host",
@@ -489,34 +507,175 @@ def starvation_scenario(
 # -- scenario 3: CPU cost in-process -----------------------------------------------------
 
 
+PROFILED = ("tutorial-sync", "dbsession-sync", "tutorial-async", "dbsession-async")
+
+
+def cpu_groups(impls: list[Impl]) -> dict[str, list[Impl]]:
+    """The apps of each in-process run: the core venv's, then each peer beside the tutorial
+    pattern of its side, in the peer's venv (a difference is only ever taken in one process)."""
+    groups: dict[str, list[Impl]] = {}
+    for impl in impls:
+        if impl.id not in NOT_IN_PROCESS:
+            groups.setdefault(impl.env, []).append(impl)
+    for env, members in groups.items():
+        if env != "core":
+            baselines = [BY_ID[f"tutorial-{side}"] for side in ("sync", "async")]
+            sides = {impl.side for impl in members}
+            groups[env] = [impl for impl in baselines if impl.side in sides] + members
+    return groups
+
+
 def cpu_scenario(options: Options, server: Any, database: str, results: dict[str, Any]) -> None:
-    wanted = [impl.id for impl in options.impls if impl.id in (*CORE_IDS, *SAFE_IDS)]
-    if not wanted:
-        return
-    say(f"per-request CPU cost in-process: {options.cpu_rounds} rounds x {options.cpu_requests}")
-    command = [
-        *pinned(0, options),
-        options.pythons["core"],
-        str(BENCH_DIR / "cpu_cost.py"),
-        f"--impls={','.join(wanted)}",
-        f"--requests={options.cpu_requests}",
-        f"--rounds={options.cpu_rounds}",
-        f"--profile-dir={options.results}",
-        f"--profile-requests={options.cpu_requests if options.quick else 1500}",
-    ]
-    completed = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **server.env(database)},
-        timeout=3600,
-        check=False,
-    )
-    if completed.returncode != 0:
-        results["cpu"] = {"problem": completed.stderr[-2000:]}
-        say(f"  failed: {completed.stderr[-2000:]}")
-        return
-    results["cpu"] = json.loads(completed.stdout.strip().splitlines()[-1])
+    for env, impls in cpu_groups(options.impls).items():
+        say(
+            f"per-request CPU cost in-process ({env} venv): {options.cpu_rounds} rounds x "
+            f"{options.cpu_requests}, {', '.join(impl.id for impl in impls)}"
+        )
+        command = [
+            *pinned(0, options),
+            options.pythons[env],
+            str(BENCH_DIR / "cpu_cost.py"),
+            f"--apps={','.join(f'{impl.id}={impl.module}' for impl in impls)}",
+            f"--requests={options.cpu_requests}",
+            f"--rounds={options.cpu_rounds}",
+            f"--profile-dir={options.results}",
+            f"--profile={','.join(PROFILED) if env == 'core' else ''}",
+            f"--profile-requests={options.cpu_requests if options.quick else 1500}",
+        ]
+        completed = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **server.env(database)},
+            timeout=3600,
+            check=False,
+        )
+        if completed.returncode != 0:
+            results["cpu"][env] = {"problem": completed.stderr[-2000:]}
+            say(f"  failed: {completed.stderr[-2000:]}")
+            continue
+        results["cpu"][env] = json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+# -- scenario 4: round trips per request -------------------------------------------------
+
+
+class Client:
+    """Sequential requests over one keep-alive connection (the round-trip scenario)."""
+
+    def __init__(self, port: int) -> None:
+        self._connection = http.client.HTTPConnection(HOST, port, timeout=30)
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+        headers = {} if body is None else {"Content-Type": "application/json"}
+        self._connection.request(method, path, body=body, headers=headers)
+        response = self._connection.getresponse()
+        data = response.read()
+        return response.status, json.loads(data) if data else None
+
+    def endpoint(self, endpoint: str, count: int) -> int:
+        """``count`` requests of ``endpoint`` as the load generator makes them; non-2xx count."""
+        bad = 0
+        for _ in range(count):
+            status, _ = self.request(*load.request_for(endpoint, SEED_ROWS))
+            bad += not 200 <= status < 300
+        return bad
+
+    def driver_calls(self, since: int = 0) -> tuple[int, list[str], int]:
+        """Once the count stops moving (work after the response ends): the count, the names of
+        the calls from the ``since``-th on, and how many connections the drivers have opened."""
+        previous = -1
+        for _ in range(100):
+            status, body = self.request("GET", f"/__bench/driver-calls?since={since}")
+            if status != 200:
+                raise RuntimeError(f"/__bench/driver-calls answered {status}")
+            if body["count"] == previous:
+                return int(body["count"]), list(body["calls"]), int(body["connects"])
+            previous = body["count"]
+            time.sleep(0.05)
+        raise RuntimeError("the driver kept sending statements for 5 s after the last request")
+
+    def flush_statistics(self) -> int:
+        """Flush the server's statistics of every connection the app holds; how many it held."""
+        for _ in range(100):
+            status, body = self.request("POST", "/__bench/flush-statistics")
+            if status != 200:
+                raise RuntimeError(f"flushing statistics: {status} {body}")
+            if "flushed" in body:
+                return int(body["flushed"])
+            time.sleep(0.05)
+        raise RuntimeError(f"connections still in a transaction after 5 s: {body}")
+
+
+WARMUP = 50  # requests per endpoint before counting: pools grown, statements prepared
+
+
+def count_round_trips(
+    client: Client, inspector: Any, endpoint: str, requests: int
+) -> dict[str, Any]:
+    """Per request of ``endpoint``: server transactions and driver calls, and one request's calls.
+
+    The app has been warmed up: its connections are open and its statements prepared.
+    """
+    count, _, _ = client.driver_calls()
+    bad = client.endpoint(endpoint, 1)
+    before_calls, trace, before_connects = client.driver_calls(since=count)
+    client.flush_statistics()
+    before_xacts = inspector.transactions()
+    bad += client.endpoint(endpoint, requests)
+    after_calls, window, after_connects = client.driver_calls(since=before_calls)
+    flushes = client.flush_statistics()  # one transaction each, not the app's
+    after_xacts = inspector.transactions()
+    xacts = None
+    if before_xacts is not None and after_xacts is not None:
+        xacts = (after_xacts - before_xacts - flushes) / requests
+    return {
+        "requests": requests,
+        "xacts": xacts,
+        "calls": (after_calls - before_calls) / requests,
+        "trace": trace,
+        "by_statement": {name: n / requests for name, n in sorted(Counter(window).items())},
+        "connects": after_connects - before_connects,
+        "bad": bad,
+        "problem": f"{bad} non-2xx answers" if bad else None,
+    }
+
+
+def roundtrip_scenario(
+    options: Options, server: Any, database: str, inspector: Any, results: dict[str, Any]
+) -> None:
+    """Each implementation alone, under ``driver_calls.py``: sequential requests, counted."""
+    requests = options.roundtrip_requests
+    say(f"round trips per request: {requests} sequential requests per endpoint")
+    for impl in options.impls:
+        env = {**server.env(database), "BENCH_COUNTED_APP": f"apps.{impl.module}:app"}
+        entry: dict[str, Any] = {}
+        try:
+            with serve(impl, options, env, "roundtrips", target="driver_calls:app") as running:
+                client = Client(running.port)
+                try:
+                    for endpoint in ENDPOINTS:
+                        client.endpoint(endpoint, WARMUP)  # connections, statements, caches
+                        inspector.vacuum()
+                        entry[endpoint] = count_round_trips(client, inspector, endpoint, requests)
+                finally:
+                    client.close()
+        except (ServerFailed, RuntimeError, OSError, ValueError, KeyError) as exc:
+            entry = {endpoint: {"problem": f"did not run: {exc}"[:300]} for endpoint in ENDPOINTS}
+        results["roundtrips"][impl.id] = entry
+        summary = ", ".join(
+            f"{endpoint} {_per_request(entry[endpoint].get('xacts'))} xact "
+            f"{_per_request(entry[endpoint].get('calls'))} calls"
+            for endpoint in ENDPOINTS
+        )
+        say(f"  {impl.id:<26} {summary}")
+
+
+def _per_request(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 # -- setup -------------------------------------------------------------------------------
@@ -533,7 +692,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=8, help="concurrent connections")
     parser.add_argument("--loader", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
-        "--scenarios", default="throughput,starvation,cpu", help="which scenarios to run"
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"which scenarios to run (default: all of {','.join(SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--roundtrip-requests", type=int, help="requests per endpoint when counting (200)"
     )
     parser.add_argument("--cpu-requests", type=int, help="requests per endpoint and round")
     parser.add_argument("--results-dir", type=Path, help="where results go")
@@ -579,6 +743,7 @@ def make_options(args: argparse.Namespace) -> Options:
         starvation_timeout=2.0 if quick else 5.0,
         cpu_requests=args.cpu_requests or (100 if quick else 600),
         cpu_rounds=1 if quick else 15,
+        roundtrip_requests=args.roundtrip_requests or (50 if quick else 200),
         results=results.resolve(),
         strict=args.strict,
         update_readme=args.update_readme,
@@ -647,17 +812,22 @@ def main(argv: list[str] | None = None) -> int:
             "impls": {impl.id: {"label": impl.label, "side": impl.side} for impl in options.impls},
         },
         "correctness": {},
+        "roundtrips": {},
         "throughput": {},
         "starvation": {},
         "cpu": {},
     }
     say(f"loader: {options.loader}; pinning: {'taskset' if options.pin else 'none'}")
     prepare_envs(options, results)
+    results["meta"]["library"] = envs.library_origin(sys.executable)
+    say(f"fastapi_dbsession: {results['meta']['library']}")
     options.results.mkdir(parents=True, exist_ok=True)
     with database.bench_database(server) as name:
         inspector = database.Inspector(server, name)
         results["meta"]["postgresql"] = inspector.server_version()
         try:
+            if "roundtrips" in options.scenarios:
+                roundtrip_scenario(options, server, name, inspector, results)
             if "throughput" in options.scenarios:
                 throughput_scenario(options, server, name, inspector, results)
             if "starvation" in options.scenarios:

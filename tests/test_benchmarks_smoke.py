@@ -1,8 +1,10 @@
 """Run benchmarks/run.py in --quick mode so that the benchmark cannot rot (not a timed test).
 
-It serves the hand-written apps, fastapi_dbsession's and the asyncpg floor from this interpreter
-through real uvicorn servers, with every correctness check on, and asserts on answers and
-committed rows, never on speed. The peers' venvs are left out (they take minutes to build).
+It serves the tutorial pattern (the baseline), the hand-written references, fastapi_dbsession's
+apps and the asyncpg floor from this interpreter through real uvicorn servers, with every
+correctness check on, counts their round trips, and asserts on answers, committed rows and
+plausible round-trip counts, never on speed. The peers' venvs are left out (they take minutes
+to build).
 """
 
 from __future__ import annotations
@@ -12,14 +14,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import make_url
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "benchmarks" / "run.py"
-IMPLS = ("handwritten-sync", "dbsession-sync", "handwritten-async", "dbsession-async")
-IMPLS += ("handwritten-commit-sync", "handwritten-commit-async", "asyncpg-floor")
+IMPLS = ("tutorial-sync", "dbsession-sync", "tutorial-async", "dbsession-async")
+IMPLS += ("handwritten-sync", "handwritten-async", "handwritten-commit-sync")
+IMPLS += ("handwritten-commit-async", "asyncpg-floor")
+ENDPOINTS = ("read", "write", "list")
+QUICK_ROUNDTRIP_REQUESTS = 50  # run.py's --quick default
 EXIT_NO_DATABASE = 3  # run.py's exit code when PostgreSQL does not answer
 POSTGRES_URL = os.environ.get(
     "FDBS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -36,8 +42,10 @@ def _bench_env() -> dict[str, str]:
     }
 
 
-@pytest.mark.postgresql
-def test_quick_benchmark_checks_every_answer_and_row(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The results directory of one ``run.py --quick --strict`` over IMPLS, every scenario."""
+    results = tmp_path_factory.mktemp("bench-quick")
     completed = subprocess.run(
         [
             sys.executable,
@@ -46,12 +54,12 @@ def test_quick_benchmark_checks_every_answer_and_row(tmp_path: Path) -> None:
             "--use-current-python",
             "--strict",
             f"--only={','.join(IMPLS)}",
-            f"--results-dir={tmp_path}",
+            f"--results-dir={results}",
         ],
         capture_output=True,
         text=True,
         env=_bench_env(),
-        timeout=240,
+        timeout=900,
         check=False,
     )
     if completed.returncode == EXIT_NO_DATABASE:
@@ -61,12 +69,21 @@ def test_quick_benchmark_checks_every_answer_and_row(tmp_path: Path) -> None:
         pytest.skip(message)
     output = completed.stdout[-4000:] + completed.stderr[-4000:]
     assert completed.returncode == 0, output
+    return results
 
-    results = json.loads((tmp_path / "latest.json").read_text())
+
+def _load(results: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((results / "latest.json").read_text())
+    return data
+
+
+@pytest.mark.postgresql
+def test_quick_benchmark_checks_every_answer_and_row(quick_results: Path) -> None:
+    results = _load(quick_results)
     assert set(results["correctness"]) == set(IMPLS)
     for impl in IMPLS:
         assert results["correctness"][impl]["problems"] == [], impl
-        for endpoint in ("read", "write", "list"):
+        for endpoint in ENDPOINTS:
             (run,) = results["throughput"][impl][endpoint]
             assert run["problem"] is None, (impl, endpoint, run)
             assert run["ok"] > 0
@@ -75,6 +92,34 @@ def test_quick_benchmark_checks_every_answer_and_row(tmp_path: Path) -> None:
         assert write["ok"] <= write["committed"] <= write["sent"]
     for impl in ("dbsession-sync", "dbsession-async"):
         assert results["starvation"][impl]["ok"] == 100, results["starvation"][impl]
-    runs = results["cpu"]["runs"]
-    assert {"dbsession-sync", "dbsession-async"} <= set(runs)
-    assert (tmp_path / "latest.md").read_text().count("INVALID") == 0
+    runs = results["cpu"]["core"]["runs"]
+    assert {"tutorial-sync", "dbsession-sync", "tutorial-async", "dbsession-async"} <= set(runs)
+    markdown = (quick_results / "latest.md").read_text()
+    assert markdown.count("INVALID") == 0
+    assert "#### Round trips per request" in markdown
+
+
+@pytest.mark.postgresql
+def test_quick_benchmark_counts_round_trips(quick_results: Path) -> None:
+    """Both counts for every implementation and endpoint, in a plausible range; the tutorial
+    pattern's are known: BEGIN, the query, ROLLBACK or COMMIT, one transaction (a connection
+    its pool opens while counting adds its start-up transaction)."""
+    trips = _load(quick_results)["roundtrips"]
+    assert set(trips) == set(IMPLS)
+    for impl in IMPLS:
+        for endpoint in ENDPOINTS:
+            count = trips[impl][endpoint]
+            assert count["problem"] is None, (impl, endpoint, count)
+            assert count["requests"] == QUICK_ROUNDTRIP_REQUESTS
+            assert 0.9 <= count["xacts"] <= 4.5, (impl, endpoint, count)
+            assert 0.9 <= count["calls"] <= 12, (impl, endpoint, count)
+            assert count["trace"], (impl, endpoint)
+    for side in ("sync", "async"):
+        tutorial = trips[f"tutorial-{side}"]
+        assert tutorial["read"]["trace"] == ["BEGIN", "SELECT", "ROLLBACK"]
+        assert tutorial["write"]["trace"] == ["BEGIN", "INSERT", "COMMIT"]
+        for endpoint in ENDPOINTS:
+            count = tutorial[endpoint]
+            assert 2.9 <= count["calls"] <= 3.3, (side, endpoint, count)
+            started = count["connects"] / QUICK_ROUNDTRIP_REQUESTS
+            assert count["xacts"] <= 1.0 + started + 0.1, (side, endpoint, count)

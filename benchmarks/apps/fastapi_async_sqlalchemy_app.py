@@ -39,3 +39,8 @@ async def create_item(body: ItemIn) -> Any:
 @app.get("/items", response_model=list[ItemOut])
 async def list_items() -> Any:
     return (await db.session.scalars(LIST_QUERY)).all()
+
+
+@app.get("/noop")
+async def noop() -> dict[str, bool]:  # the middleware's session alone (the in-process scenario)
+    return {"ok": True}

@@ -1,7 +1,9 @@
-"""The hand-written seed pattern, async: async engine + async_sessionmaker + ``get_db`` (asyncpg).
+"""The tutorial's ``get_db`` with ``pool_pre_ping=True``, async: a reference (asyncpg).
 
-``expire_on_commit=False`` as SQLAlchemy's asyncio docs recommend (and fastapi_dbsession
-defaults to); ``pool_pre_ping=True`` and the shared pool settings.
+async engine + async_sessionmaker + ``get_db``; ``expire_on_commit=False`` as SQLAlchemy's
+asyncio docs recommend (and fastapi_dbsession defaults to); ``pool_pre_ping=True`` and the
+shared pool settings, fastapi_dbsession's defaults. The headline baseline is ``tutorial_async``
+(no pre-ping, as the tutorial is written).
 """
 
 from collections.abc import AsyncIterator

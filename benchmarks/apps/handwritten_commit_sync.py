@@ -2,8 +2,9 @@
 
 ``get_db`` commits when the endpoint succeeds and rolls back otherwise, as a function-scoped
 yield dependency (FastAPI 0.121+), so the transaction ends *before* the response is sent and a
-failing commit reaches the client. Same engine options as the seed pattern. It shows what the
-seed pattern's numbers owe to ending its transaction after the response.
+failing commit reaches the client. Same engine options as ``handwritten_*``
+(``pool_pre_ping=True``). It shows what the tutorial's numbers owe to ending its transaction
+after the response.
 """
 
 from collections.abc import Iterator
