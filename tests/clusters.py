@@ -1,7 +1,8 @@
-"""Start and stop throwaway PostgreSQL clusters and PgBouncers for the topology tests.
+"""Run throwaway PostgreSQL servers (primaries, standbys, PgBouncer) for the topology tests.
 
-Every server lives in its own temporary directory (data directory, unix socket, log) and listens
-on 127.0.0.1 on a free port (never 5432): the shared server of the machine is never touched.
+Every server lives in its own temporary directory (data directory, unix socket, log; in
+``/dev/shm`` where there is one, see ``_temp_root``) and listens on 127.0.0.1 on a free port
+(never 5432): the shared server of the machine is never touched.
 Run as root, the servers run as the ``postgres`` OS user (initdb and postgres refuse root).
 Authentication is ``trust`` for local and 127.0.0.1 connections, replication included; ``fsync``
 is off, since nothing here must survive a power cut.
@@ -228,10 +229,22 @@ def _run(args: Sequence[str | Path], cwd: Path, *, timeout: float = 60) -> None:
         )
 
 
+def _temp_root() -> str | None:
+    """Where the servers' directories go: ``FDBS_TOPOLOGY_TMPDIR``, else ``/dev/shm`` (memory:
+    copying a data directory there takes milliseconds, seconds on a busy disk), else ``/tmp``.
+    Short paths only: a unix socket path must fit in 107 bytes."""
+    given = os.environ.get("FDBS_TOPOLOGY_TMPDIR")
+    if given:
+        return given
+    for candidate in ("/dev/shm", "/tmp"):
+        if os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    return None
+
+
 def _make_dir(prefix: str) -> Path:
-    """A new temporary directory the server user owns (short: unix socket paths are limited)."""
-    root = os.environ.get("FDBS_TOPOLOGY_TMPDIR") or ("/tmp" if Path("/tmp").is_dir() else None)
-    path = Path(tempfile.mkdtemp(prefix=f"fdbs-{prefix}-", dir=root))
+    """A new temporary directory the server user owns."""
+    path = Path(tempfile.mkdtemp(prefix=f"fdbs-{prefix}-", dir=_temp_root()))
     user = _server_user()
     if user is not None:
         os.chown(path, user.pw_uid, user.pw_gid)
