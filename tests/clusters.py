@@ -407,7 +407,7 @@ class _Server:
         process.wait()
         if wait_for_children:
             with contextlib.suppress(ClusterError):
-                _wait_until(lambda: not self.processes(), wait_for_children, "", str)
+                _wait_until(lambda: not self.processes(), wait_for_children, "", lambda: "")
             self._kill_leftovers()
 
     def _kill_leftovers(self) -> None:
@@ -415,21 +415,18 @@ class _Server:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)  # works on a stopped (frozen) process too
         with contextlib.suppress(ClusterError):
-            _wait_until(lambda: not self.processes(), 5, "", str)
+            _wait_until(lambda: not self.processes(), 5, "", lambda: "")
 
     def close(self) -> None:
         """Stop the server at once, kill anything left of it and remove its directory."""
         _live.discard(self)
-        try:
+        with contextlib.suppress(ClusterError):
             self._signal_and_wait(self._hard_stop_signal, 10)
-        except ClusterError:
-            pass
-        finally:
-            if self._process is not None and self._process.poll() is None:
-                self._process.kill()
-                self._process.wait()
-            self._kill_leftovers()
-            shutil.rmtree(self.directory, ignore_errors=True)
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._kill_leftovers()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     _hard_stop_signal = signal.SIGQUIT
 
@@ -508,7 +505,7 @@ class Cluster(_Server):
     ) -> list[tuple[Any, ...]]:
         """Run one statement on a fresh autocommit connection; return its rows (or ``[]``)."""
         with self.connect(database) as connection:
-            cursor = connection.execute(sql, params)  # type: ignore[arg-type]
+            cursor = connection.execute(sql, params)
             return list(cursor.fetchall()) if cursor.description else []
 
     def create_database(self, name: str) -> URL:
