@@ -724,12 +724,22 @@ class PgBouncer(_Server):
         """Shut PgBouncer down at once (SIGTERM): client connections are closed."""
         self._signal_and_wait(signal.SIGTERM, timeout)
 
+    def admin(self, command: str) -> list[tuple[Any, ...]]:
+        """Run a command on PgBouncer's admin console (``SHOW POOLS``, ``RELOAD``, ``PAUSE``)."""
+        # the console speaks only the simple query protocol: a ClientCursor uses it
+        with self.connect("pgbouncer", cursor_factory=psycopg.ClientCursor) as console:
+            cursor = console.execute(command)
+            return list(cursor.fetchall()) if cursor.description else []
+
     def point_at(self, cluster: Cluster) -> None:
-        """Forward new server connections to ``cluster`` (rewrites the config, then SIGHUP)."""
+        """Send the next transactions to ``cluster``: rewrite the config, ``RELOAD`` it.
+
+        PgBouncer closes its server connections to the old backend as they are released.
+        """
         self.backend = cluster
         self.write_config()
-        if self.pid is not None:
-            os.kill(self.pid, signal.SIGHUP)
+        if self.is_running:
+            self.admin("RELOAD")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -107,9 +107,7 @@ def test_promote_makes_the_standby_writable(topology: Topology) -> None:
 def test_pgbouncer_routes_queries_in_transaction_mode(
     pg_bouncer: PgBouncer, pg_primary: Cluster
 ) -> None:
-    # the admin console speaks only the simple query protocol: a ClientCursor uses it
-    with pg_bouncer.connect("pgbouncer", cursor_factory=psycopg.ClientCursor) as admin:
-        config = {row[0]: row[1] for row in admin.execute("SHOW CONFIG")}
+    config = {row[0]: row[1] for row in pg_bouncer.admin("SHOW CONFIG")}
     with pg_bouncer.connect() as first, pg_bouncer.connect() as second:
         first_backend = first.execute("SELECT pg_backend_pid(), inet_server_port()").fetchone()
         second_backend = second.execute("SELECT pg_backend_pid(), inet_server_port()").fetchone()
@@ -120,6 +118,18 @@ def test_pgbouncer_routes_queries_in_transaction_mode(
     assert first_backend is not None
     assert first_backend[1] == pg_primary.port
     assert pg_bouncer.port not in (pg_primary.port, 5432, 6432)
+
+
+def test_pgbouncer_point_at_moves_new_transactions_to_another_cluster(
+    topology: Topology,
+) -> None:
+    old_primary, new_primary = topology.primary(name="old"), topology.primary(name="new")
+    bouncer = topology.pgbouncer(old_primary)
+
+    bouncer.point_at(new_primary)
+
+    with bouncer.connect() as connection:
+        assert connection.execute("SELECT inet_server_port()").fetchone() == (new_primary.port,)
 
 
 def test_freeze_makes_a_query_hang_and_unfreeze_resumes_it(topology: Topology) -> None:
