@@ -88,6 +88,9 @@ wal_level = replica
 hot_standby = on
 autovacuum = off
 log_min_messages = warning
+# dynamic shared memory as files in the data directory, not /dev/shm/PostgreSQL.*: a killed
+# postmaster's segments go away with the directory
+dynamic_shared_memory_type = mmap
 log_line_prefix = '%m [%p] '
 """
 
@@ -273,6 +276,19 @@ def processes_under(directory: Path) -> list[int]:
     return sorted(found)
 
 
+def _shm_attached(shmid: str) -> int | None:
+    """How many processes attach the SysV shared memory segment ``shmid`` (None: no such)."""
+    try:
+        rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for row in rows:
+        columns = row.split()  # key shmid perms size cpid lpid nattch ...
+        if len(columns) > 6 and columns[1] == shmid:
+            return int(columns[6])
+    return None
+
+
 def _wait_until(
     condition: Callable[[], bool], timeout: float, what: str, log: Callable[[], str]
 ) -> None:
@@ -426,9 +442,13 @@ class _Server:
             self._process.kill()
             self._process.wait()
         self._kill_leftovers()
+        self._release_resources()
         shutil.rmtree(self.directory, ignore_errors=True)
 
     _hard_stop_signal = signal.SIGQUIT
+
+    def _release_resources(self) -> None:
+        """Free what the server holds outside its directory once it is gone (nothing here)."""
 
 
 class Cluster(_Server):
@@ -563,6 +583,22 @@ class Cluster(_Server):
             return True
 
         _wait_until(answers, timeout, f"{self!r} to accept connections", self.log_tail)
+
+    def _release_resources(self) -> None:
+        """Remove the SysV shared memory header a SIGKILLed postmaster leaves behind.
+
+        A clean stop removes it; after ``kill -9`` it stays until the next start in the same
+        data directory. Its id is line 7 of ``postmaster.pid`` (present only after an unclean
+        exit once the server is gone); it is removed only when nothing is attached.
+        """
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return
+        fields = lines[6].split() if len(lines) > 6 else []
+        if len(fields) == 2 and fields[1].isdigit() and _shm_attached(fields[1]) == 0:
+            with contextlib.suppress(OSError):
+                subprocess.run(["ipcrm", "-m", fields[1]], capture_output=True, check=False)
 
     # -- replication --------------------------------------------------------------------------
 

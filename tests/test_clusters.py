@@ -29,6 +29,15 @@ def _in_thread(work: Callable[[], object]) -> threading.Thread:
     return thread
 
 
+def _is_alive(pid: int) -> bool:
+    """Running, stopped or sleeping: not gone, not a zombie (orphans wait for PID 1 to reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def _fresh_database(primary: Cluster) -> str:
     name = f"t_{uuid.uuid4().hex[:10]}"
     primary.create_database(name)
@@ -42,11 +51,12 @@ def test_primary_accepts_connections_on_its_own_port(pg_primary: Cluster) -> Non
             port = connection.scalar(text("SELECT inet_server_port()"))
             fsync = connection.scalar(text("SHOW fsync"))
             prepared = connection.scalar(text("SHOW max_prepared_transactions"))
+            shared_memory = connection.scalar(text("SHOW dynamic_shared_memory_type"))
     finally:
         engine.dispose()
 
     assert port == pg_primary.port != 5432
-    assert (fsync, prepared) == ("off", "10")
+    assert (fsync, prepared, shared_memory) == ("off", "10", "mmap")
     assert not pg_primary.is_in_recovery()
     assert str(pg_primary.data_dir).startswith(str(pg_primary.directory))
 
@@ -169,21 +179,25 @@ def test_kill_then_start_recovers_committed_rows(topology: Topology) -> None:
     assert primary.execute("SELECT name FROM items") == [("ada",)]
 
 
-def test_close_leaves_no_process_and_no_directory(topology: Topology) -> None:
+def test_close_leaves_no_process_directory_or_shared_memory(topology: Topology) -> None:
     primary = topology.primary()
-    topology.standby(primary)
+    standby = topology.standby(primary)
     bouncer = topology.pgbouncer(primary)
+    standby_memory = (standby.data_dir / "postmaster.pid").read_text().splitlines()[6].split()[1]
     primary.freeze()  # even a frozen server goes away
     directories = [server.directory for server in topology.servers]
     pids = [pid for server in topology.servers for pid in server.processes()]
     assert bouncer.pid in pids
     assert len(pids) > 10
+    standby.kill()  # a SIGKILLed postmaster leaves its SysV shared memory segment
 
     topology.close()
 
     assert [processes_under(directory) for directory in directories] == [[], [], []]
     assert [directory.exists() for directory in directories] == [False, False, False]
-    assert [pid for pid in pids if Path(f"/proc/{pid}").exists()] == []
+    assert [pid for pid in pids if _is_alive(pid)] == []
+    shm_ids = [row.split()[1] for row in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]]
+    assert standby_memory not in shm_ids
 
 
 def test_interpreter_exit_cleans_up_what_a_crashing_test_left(tmp_path: Path) -> None:
