@@ -3,8 +3,8 @@
 When we are root, programs run as the ``postgres`` OS user (initdb, postgres and pgbouncer
 refuse root). Each server gets a temporary directory (``temp_root``) that it works in, so
 ``processes_under`` finds all its processes, orphans included. ``Server.close`` stops it,
-kills what is left and removes the directory; an ``atexit`` hook closes every server still
-open when the interpreter exits.
+kills what is left and removes the directory; an ``atexit`` hook (and a SIGTERM handler)
+closes every server still open when the interpreter exits.
 """
 
 from __future__ import annotations
@@ -187,6 +187,7 @@ class Server:
         self._process: subprocess.Popen[bytes] | None = None
         self._frozen: list[int] = []
         live.add(self)
+        _close_on_sigterm()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
@@ -313,9 +314,38 @@ class Server:
 live: set[Server] = set()
 """Every server not closed yet: the ``atexit`` hook closes them."""
 
+_directories_to_remove: set[Path] = set()
+
+
+def remove_at_exit(directory: Path) -> None:
+    """Remove ``directory`` when the interpreter exits (a cache such as initdb's template)."""
+    _directories_to_remove.add(directory)
+    _close_on_sigterm()
+
 
 @atexit.register
 def _close_everything() -> None:
     for server in sorted(live, key=lambda s: s.kind == "postgres"):  # poolers first
         with contextlib.suppress(Exception):
             server.close()
+    while _directories_to_remove:
+        shutil.rmtree(_directories_to_remove.pop(), ignore_errors=True)
+
+
+def _close_on_sigterm() -> None:
+    """Make SIGTERM (a CI timeout, ``kill``) close the servers before the process dies.
+
+    Only while SIGTERM has its default action (which skips ``atexit``) and only from the main
+    thread; the handler closes everything, then dies of SIGTERM as before.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def close_then_die(signum: int, frame: object) -> None:
+        _close_everything()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, close_then_die)

@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import re
@@ -52,6 +51,7 @@ from tests._servers import (
     free_port,
     make_dir,
     processes_under,
+    remove_at_exit,
     run_program,
     server_user,
     wait_until,
@@ -589,10 +589,5 @@ def _template_data_dir(bin_dir: Path) -> Path:
             shutil.rmtree(directory, ignore_errors=True)
             raise
         _templates[bin_dir] = data
+        remove_at_exit(directory)
         return data
-
-
-@atexit.register
-def _remove_templates() -> None:
-    for data in _templates.values():
-        shutil.rmtree(data.parent, ignore_errors=True)

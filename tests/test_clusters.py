@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -200,28 +201,35 @@ def test_close_leaves_no_process_directory_or_shared_memory(topology: Topology) 
     assert standby_memory not in shm_ids
 
 
-def test_interpreter_exit_cleans_up_what_a_crashing_test_left(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ending", ["exception", "sigterm"])
+def test_interpreter_exit_cleans_up_what_a_test_left(ending: str) -> None:
     script = textwrap.dedent(
         """
+        import sys, time
         from tests.clusters import Topology
         topology = Topology()
         primary = topology.primary()
         topology.pgbouncer(primary)
         print(primary.directory, topology.servers[1].directory, flush=True)
+        if sys.argv[1] == "sigterm":
+            time.sleep(60)  # until the test sends SIGTERM, as a CI timeout does
         raise SystemExit("a test crashed without closing its topology")
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
+    with subprocess.Popen(
+        [sys.executable, "-c", script, ending],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=False,
-        timeout=120,
-    )
+    ) as process:
+        assert process.stdout is not None
+        directories = [Path(word) for word in process.stdout.readline().split()]
+        if ending == "sigterm":
+            process.terminate()
+        process.communicate(timeout=60)
 
-    assert result.returncode == 1, result.stderr
-    directories = [Path(word) for word in result.stdout.split()]
+    assert process.returncode == (-signal.SIGTERM if ending == "sigterm" else 1)
     assert len(directories) == 2
     assert [processes_under(directory) for directory in directories] == [[], []]
     assert [directory.exists() for directory in directories] == [False, False]
