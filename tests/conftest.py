@@ -21,6 +21,9 @@ from sqlmodel import SQLModel
 
 from tests.models import Base
 
+# Throwaway PostgreSQL clusters and PgBouncer: pg_primary, pg_standby, pg_bouncer, topology.
+pytest_plugins = ["tests.topology"]
+
 POSTGRES_URL = os.environ.get(
     "FDBS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
