@@ -51,6 +51,8 @@ run_pytest() {  # pytest's exit code 5 ("no tests ran") is a failure too
 log "environment (newest versions): .venv"
 make_venv .venv -e ".[dev]"
 start_databases
+log "tools the topology tests start themselves (PgBouncer)"
+scripts/install-tools.sh
 
 log "ruff check"
 .venv/bin/ruff check src tests examples
