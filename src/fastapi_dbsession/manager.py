@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, cast, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
-from . import _config, _frames, decorators, dependencies, transactions
+from . import _config, decorators, dependencies, transactions
 from ._database import Database
+from ._facets.context import ContextFacet
 from .decorators import P, R, TransactionalDecorator
 from .propagation import CommitPolicy, Propagation, check_policy, make_options
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 
-class DatabaseSessionManager:
+class DatabaseSessionManager(ContextFacet):
     """Own the engines and sessions of one database for a FastAPI app.
 
     Build one per database at import time, hand ``db.lifespan`` to FastAPI, and ask for the
@@ -212,48 +213,6 @@ class DatabaseSessionManager:
             ... def report(session: Session) -> Report: ...
         """
         return decorators.transactional_for(self._database, func, options)
-
-    def current_session(self) -> Session:
-        """Return the sync session of the current request or unit of work.
-
-        Raises:
-            NoActiveTransactionError: Nothing is active in this context.
-        """
-        return cast(Session, _frames.current_session(self._database, is_async=False))
-
-    def current_async_session(self) -> AsyncSession:
-        """Return the AsyncSession of the current request or unit of work.
-
-        Raises:
-            NoActiveTransactionError: Nothing is active in this context.
-        """
-        return cast("AsyncSession", _frames.current_session(self._database, is_async=True))
-
-    def on_commit(self, callback: Callable[[], object], *, robust: bool = True) -> None:
-        """Run ``callback`` after the outermost transaction of this context really commits.
-
-        Discarded if the savepoint it was registered in rolls back. In a request, it runs after
-        the commit, before the response is sent.
-
-        Args:
-            callback: A function of no arguments; an ``async def`` one is awaited.
-            robust: Log a failing callback and go on (default); False lets it propagate.
-
-        Raises:
-            NoActiveTransactionError: No transaction is active in this context.
-
-        Example:
-            >>> db.on_commit(lambda: send_welcome_email(user.email))
-        """
-        _frames.hooks_frame(self._database, "on_commit").on_commit.append((callback, robust))
-
-    def on_rollback(self, callback: Callable[[], object], *, robust: bool = True) -> None:
-        """Run ``callback`` after the transaction of this context rolls back.
-
-        Registered inside a savepoint, it runs when that savepoint rolls back. See
-        :meth:`on_commit` for the arguments.
-        """
-        _frames.hooks_frame(self._database, "on_rollback").on_rollback.append((callback, robust))
 
     def commit_policy(self, policy: CommitPolicy) -> Callable[[HTTPConnection], Awaitable[None]]:
         """Return a route dependency that sets the commit policy of that route's session.
