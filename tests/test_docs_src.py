@@ -430,6 +430,25 @@ def _async_postgres(module: ModuleType, backend: Backend) -> None:
 # -- the tests ----------------------------------------------------------------------------
 
 
+# -- guarantees ---------------------------------------------------------------------------
+
+
+@check("docs_src/guarantees/idempotency.py")
+def _guarantees_idempotency(module: ModuleType, backend: Backend) -> None:
+    with TestClient(module.app) as client:
+        headers = {"Idempotency-Key": "order-17"}
+        first = client.post("/payments", params={"amount": 30}, headers=headers)
+        assert first.status_code == 201
+        again = client.post("/payments", params={"amount": 30}, headers=headers)  # a retry
+        assert (again.status_code, again.json()) == (200, first.json())
+        assert count(backend, "payments") == 1
+        other = client.post("/payments", params={"amount": 5}, headers={"Idempotency-Key": "x"})
+        assert other.status_code == 201
+        assert count(backend, "payments") == 2
+        handler = module.app.exception_handlers[module.CommitOutcomeUnknownError]
+        assert handler is module.commit_outcome_unknown
+
+
 @pytest.mark.parametrize(("path", "backend"), list(_cases()), indirect=["backend"])
 def test_documented_file_runs(path: str, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     url = backend.async_url if path in ASYNC_ONLY else backend.url

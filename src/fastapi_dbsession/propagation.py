@@ -13,7 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import ConfigurationError, NoActiveTransactionError, TransactionExistsError
+from .errors import (
+    CommitOutcomeUnknownError,
+    ConfigurationError,
+    NoActiveTransactionError,
+    TransactionExistsError,
+)
 
 
 class Propagation(enum.Enum):
@@ -275,6 +280,8 @@ def is_retryable(error: BaseException, *, lock_timeouts: bool = False) -> bool:
         error: The exception raised by the unit of work.
         lock_timeouts: Also retry MySQL/MariaDB lock wait timeouts (1205).
     """
+    if isinstance(error, CommitOutcomeUnknownError):  # it may have committed: never re-run
+        return False
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
