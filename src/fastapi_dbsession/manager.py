@@ -206,6 +206,7 @@ class DatabaseSessionManager(ContextFacet):
         durable: bool = ...,
         retries: int = ...,
         retry_on_lock_timeout: bool = ...,
+        retry_deadline: float | None = ...,
         rollback_on: Sequence[type[BaseException]] = ...,
         no_rollback_on: Sequence[type[BaseException]] = ...,
     ) -> TransactionalDecorator: ...
