@@ -37,7 +37,9 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet):
         engine_options: ``create_engine`` arguments over the safe defaults (servers: a
             liveness check at checkout without a round trip, ``pool_pre_ping`` True/False to
             replace it; SQLite: ``check_same_thread=False``, ``StaticPool`` for ``:memory:``).
-        async_engine_options: The same for ``create_async_engine`` (default: ``engine_options``).
+        async_engine_options: The same for ``create_async_engine`` (default: ``engine_options``,
+            without its ``connect_args`` when the async driver is another library, e.g.
+            psycopg and asyncpg).
         session_options: Keyword arguments for the sessionmakers (both sides).
         async_session_options: Async sessionmaker overrides (default ``expire_on_commit=False``).
         session_class: The sync session class, e.g. ``sqlmodel.Session``.
@@ -52,6 +54,9 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet):
         slow_query_threshold: Log statements taking at least this many seconds, with the
             code location that issued them (logger ``fastapi_dbsession.slow_queries``).
         log_query_parameters: Show slow statements' parameters (hidden by default).
+        pgbouncer: The database is reached through PgBouncer in transaction (or statement)
+            pooling mode: every PostgreSQL driver is kept off server-side prepared statements
+            (see docs/scaling.md).
 
     Raises:
         ConfigurationError: No URL, a malformed URL, options of the wrong type.
@@ -79,6 +84,7 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet):
         record_queries: bool = False,
         slow_query_threshold: float | None = None,
         log_query_parameters: bool = False,
+        pgbouncer: bool = False,
     ) -> None:
         config = _config.build_config(**_arguments(locals()))
         self._database = Database(config)  # the one seam fastapi_dbsession.testing uses
@@ -97,7 +103,8 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet):
         """Build a manager from environment variables.
 
         Reads ``{prefix}`` + ``URL``, ``ASYNC_URL``, ``POOL_SIZE``, ``MAX_OVERFLOW``,
-        ``POOL_TIMEOUT``, ``POOL_RECYCLE``, ``POOL_PRE_PING``, ``ECHO``, ``COMMIT_POLICY``.
+        ``POOL_TIMEOUT``, ``POOL_RECYCLE``, ``POOL_PRE_PING``, ``ECHO``, ``COMMIT_POLICY``,
+        ``PGBOUNCER``.
 
         Args:
             prefix: Prefix of the variable names.
