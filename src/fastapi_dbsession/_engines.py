@@ -11,7 +11,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
 
-from . import _liveness, _urls
+from . import _drivers, _liveness, _urls
 from .errors import ConfigurationError, DatabaseUnavailableError, MissingDriverError
 
 if TYPE_CHECKING:
@@ -62,10 +62,16 @@ def check_options(options: object, *, argument: str) -> dict[str, Any]:
     return checked
 
 
-def engine_options(url: URL, user_options: Mapping[str, Any], *, is_async: bool) -> dict[str, Any]:
-    """Merge the safe defaults for ``url``'s backend under the user's options."""
+def engine_options(
+    url: URL, user_options: Mapping[str, Any], *, is_async: bool, pgbouncer: bool = False
+) -> dict[str, Any]:
+    """Merge the safe defaults for ``url``'s backend and driver under the user's options.
+
+    ``connect_args``, lowest first: the backend's defaults, the PgBouncer preset, the URL's
+    numeric query parameters converted, the user's ``connect_args``.
+    """
     options: dict[str, Any] = {}
-    connect_args: dict[str, Any] = {}
+    connect_args: dict[str, Any] = _drivers.connect_defaults(url, pgbouncer=pgbouncer)
     if url.get_backend_name() == "sqlite":
         connect_args["check_same_thread"] = False
         if _urls.is_sqlite_memory(url):
@@ -78,12 +84,18 @@ def engine_options(url: URL, user_options: Mapping[str, Any], *, is_async: bool)
 
 
 def create(
-    factory: Callable[..., _E], url: URL, user_options: Mapping[str, Any], *, side: str
+    factory: Callable[..., _E],
+    url: URL,
+    user_options: Mapping[str, Any],
+    *,
+    side: str,
+    pgbouncer: bool = False,
 ) -> _E:
     """Call ``create_engine`` / ``create_async_engine`` and explain what can go wrong."""
     shown = _urls.render(url)
+    options = engine_options(url, user_options, is_async=side == "async", pgbouncer=pgbouncer)
     try:
-        engine = factory(url, **engine_options(url, user_options, is_async=side == "async"))
+        engine = factory(url, **options)
     except ModuleNotFoundError as exc:
         raise MissingDriverError(
             f"The {side} engine for {shown} needs the Python module {exc.name!r}, which is "

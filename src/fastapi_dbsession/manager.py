@@ -36,13 +36,18 @@ class DatabaseSessionManager(ContextFacet):
         engine_options: ``create_engine`` arguments over the safe defaults (servers: a
             liveness check at checkout without a round trip, ``pool_pre_ping`` True/False to
             replace it; SQLite: ``check_same_thread=False``, ``StaticPool`` for ``:memory:``).
-        async_engine_options: The same for ``create_async_engine`` (default: ``engine_options``).
+        async_engine_options: The same for ``create_async_engine`` (default: ``engine_options``,
+            without its ``connect_args`` when the async driver is another library, e.g.
+            psycopg and asyncpg).
         session_options: Keyword arguments for the sessionmakers (both sides).
         async_session_options: Async sessionmaker overrides (default ``expire_on_commit=False``).
         session_class: The sync session class, e.g. ``sqlmodel.Session``.
         async_session_class: The async one, e.g. ``sqlmodel.ext.asyncio.session.AsyncSession``.
         commit_policy: What request sessions do when the endpoint succeeds: ``"commit"``
             (default), ``"manual"`` or ``"read_only"``; per route: ``db.commit_policy(...)``.
+        pgbouncer: The database is reached through PgBouncer in transaction (or statement)
+            pooling mode: every PostgreSQL driver is kept off server-side prepared statements
+            (see docs/scaling.md).
 
     Raises:
         ConfigurationError: No URL, a malformed URL, options of the wrong type.
@@ -66,6 +71,7 @@ class DatabaseSessionManager(ContextFacet):
         session_class: type[Session] = Session,
         async_session_class: type[AsyncSession] | None = None,
         commit_policy: CommitPolicy = "commit",
+        pgbouncer: bool = False,
     ) -> None:
         config = _config.build_config(**_arguments(locals()))
         self._database = Database(config)  # the one seam fastapi_dbsession.testing uses
@@ -84,7 +90,8 @@ class DatabaseSessionManager(ContextFacet):
         """Build a manager from environment variables.
 
         Reads ``{prefix}`` + ``URL``, ``ASYNC_URL``, ``POOL_SIZE``, ``MAX_OVERFLOW``,
-        ``POOL_TIMEOUT``, ``POOL_RECYCLE``, ``POOL_PRE_PING``, ``ECHO``, ``COMMIT_POLICY``.
+        ``POOL_TIMEOUT``, ``POOL_RECYCLE``, ``POOL_PRE_PING``, ``ECHO``, ``COMMIT_POLICY``,
+        ``PGBOUNCER``.
 
         Args:
             prefix: Prefix of the variable names.
@@ -199,6 +206,7 @@ class DatabaseSessionManager(ContextFacet):
         durable: bool = ...,
         retries: int = ...,
         retry_on_lock_timeout: bool = ...,
+        retry_deadline: float | None = ...,
         rollback_on: Sequence[type[BaseException]] = ...,
         no_rollback_on: Sequence[type[BaseException]] = ...,
     ) -> TransactionalDecorator: ...
