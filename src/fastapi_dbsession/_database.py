@@ -301,6 +301,8 @@ class Database:
         try:
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
+        except DatabaseUnavailableError:
+            raise
         except Exception as exc:
             raise _unavailable(engine.url, exc) from exc
 
@@ -310,6 +312,8 @@ class Database:
         try:
             async with engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
+        except DatabaseUnavailableError:
+            raise
         except Exception as exc:
             raise _unavailable(engine.url, exc) from exc
 
@@ -343,7 +347,7 @@ def _dispose_outside_loop(engine: AsyncEngine) -> None:
 
 
 def _unavailable(url: URL, exc: BaseException) -> DatabaseUnavailableError:
-    reason = _urls.mask_text(str(getattr(exc, "orig", None) or exc)).strip().splitlines()
+    reason = _urls.mask_text(str(getattr(exc, "orig", None) or exc), url).strip().splitlines()
     return DatabaseUnavailableError(
         f"Cannot reach the database at {_urls.render(url)} at startup: "
         f"{type(exc).__name__}: {reason[0] if reason else ''}. Check that the server is "
