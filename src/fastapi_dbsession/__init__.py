@@ -20,6 +20,7 @@ from .errors import (
     UnexpectedRollbackError,
 )
 from .manager import DatabaseSessionManager
+from .middleware import ServerTimingMiddleware
 from .propagation import CommitPolicy, Propagation
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "NoActiveTransactionError",
     "PoolTimeoutError",
     "Propagation",
+    "ServerTimingMiddleware",
     "SessionFinishedError",
     "TransactionExistsError",
     "UnexpectedRollbackError",
