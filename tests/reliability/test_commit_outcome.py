@@ -217,6 +217,8 @@ async def test_backend_killed_during_commit_raises_unknown_outcome(
             else:
                 async with db.async_transaction() as async_session:
                     await async_session.execute(text("INSERT INTO slow_commit VALUES (1)"))
+        stop.set()
+        killer.join()
         assert len(killed) == 1
         # killed before the commit record was written: PostgreSQL rolled it back
         assert backend.count("slow_commit") == 0
