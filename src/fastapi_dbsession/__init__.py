@@ -19,6 +19,7 @@ from .errors import (
     UnexpectedRollbackError,
 )
 from .manager import DatabaseSessionManager
+from .middleware import ServerTimingMiddleware
 from .propagation import CommitPolicy, Propagation
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "NoActiveTransactionError",
     "PoolTimeoutError",
     "Propagation",
+    "ServerTimingMiddleware",
     "SessionFinishedError",
     "TransactionExistsError",
     "UnexpectedRollbackError",
