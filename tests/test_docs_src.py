@@ -485,6 +485,7 @@ def test_documented_file_runs(path: str, backend: Backend, monkeypatch: pytest.M
     ],
     indirect=True,
 )
+@pytest.mark.timeout(360)  # a whole pytest subprocess, itself bounded at 300 s
 def test_testing_example_passes(backend: Backend) -> None:
     """examples/testing is a user's test suite: run it as one, with its own pytest."""
     env = {**os.environ, "DATABASE_URL": url_of(backend)}
