@@ -4,6 +4,7 @@ import logging
 
 from .decorators import CURRENT_SESSION, transactional
 from .errors import (
+    CommandTimeoutError,
     CommitOutcomeUnknownError,
     ConcurrentSessionUseError,
     ConfigurationError,
@@ -25,6 +26,7 @@ from .propagation import CommitPolicy, Propagation
 
 __all__ = [
     "CURRENT_SESSION",
+    "CommandTimeoutError",
     "CommitOutcomeUnknownError",
     "CommitPolicy",
     "ConcurrentSessionUseError",

@@ -49,6 +49,10 @@ class Config:
     name: str = "default"
     """The database's name in logs, metrics and engine logging names."""
     observability: Observability = dataclasses.field(default_factory=Observability)
+    command_timeout: float | None = 60.0
+    """Client-side deadline of one round trip, in seconds (None: wait forever)."""
+    connect_timeout: float | None = 10.0
+    """Client-side deadline of opening a connection, in seconds (None: the driver's)."""
 
     def with_urls(self, url: URL | None, async_url: URL | None) -> Config:
         """The same configuration on other databases (the testing helpers' test database)."""
@@ -79,6 +83,8 @@ def build_config(
     record_queries: bool = False,
     slow_query_threshold: float | None = None,
     log_query_parameters: bool = False,
+    command_timeout: float | None = 60.0,
+    connect_timeout: float | None = 10.0,
 ) -> Config:
     """Check the constructor's arguments and return the frozen configuration.
 
@@ -125,7 +131,21 @@ def build_config(
         observability=_observability(record_queries, slow_query_threshold, log_query_parameters),
         pgbouncer=pgbouncer,
         unshared_connect_args=unshared if async_engine_options is None else (),
+        command_timeout=_seconds(command_timeout, "command_timeout"),
+        connect_timeout=_seconds(connect_timeout, "connect_timeout"),
     )
+
+
+def _seconds(value: object, argument: str) -> float | None:
+    """A positive number of seconds, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(
+            f"{argument}={value!r} must be a positive number of seconds, or None to wait "
+            f"without a client-side limit, e.g. {argument}=30."
+        )
+    return float(value)
 
 
 def _name(name: str | None, url: URL | None) -> str:

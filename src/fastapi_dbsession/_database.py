@@ -113,6 +113,7 @@ class Database:
             self._config.engine_options,
             side="sync",
             pgbouncer=self._config.pgbouncer,
+            timeouts=(self._config.connect_timeout, self._config.command_timeout),
         )
         self._engine_created(engine)
         return engine
@@ -130,7 +131,12 @@ class Database:
                 url.get_driver_name(),
             )
         engine: AsyncEngine = _engines.create(
-            create_async_engine, url, options, side="async", pgbouncer=self._config.pgbouncer
+            create_async_engine,
+            url,
+            options,
+            side="async",
+            pgbouncer=self._config.pgbouncer,
+            timeouts=(self._config.connect_timeout, self._config.command_timeout),
         )
         self._engine_created(engine.sync_engine)
         return engine
