@@ -2,6 +2,7 @@
 
 import logging
 
+from ._replicas import StickyWindow
 from .decorators import CURRENT_SESSION, transactional
 from .errors import (
     ConcurrentSessionUseError,
@@ -37,6 +38,7 @@ __all__ = [
     "PoolTimeoutError",
     "Propagation",
     "SessionFinishedError",
+    "StickyWindow",
     "TransactionExistsError",
     "UnexpectedRollbackError",
     "transactional",

@@ -9,7 +9,7 @@ the commit policy are validated. Nothing here creates an engine or does I/O.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from . import _engines, _urls
+from ._replicas import StickyWindow
 from .errors import ConfigurationError
 from .propagation import CommitPolicy, check_policy
 
@@ -41,10 +42,16 @@ class Config:
     session_class: type[Session]
     async_session_class: type[AsyncSession] | None
     commit_policy: CommitPolicy
+    replica_urls: tuple[tuple[URL | None, URL | None], ...] = ()
+    """Each read replica as (sync URL, async URL); a side that cannot be derived is None."""
+    sticky_window: StickyWindow | None = None
 
     def with_urls(self, url: URL | None, async_url: URL | None) -> Config:
-        """The same configuration on other databases (the testing helpers' test database)."""
-        return dataclasses.replace(self, url=url, async_url=async_url)
+        """The same configuration on other databases (the testing helpers' test database).
+
+        The replicas are dropped: every read goes to the database the test points at.
+        """
+        return dataclasses.replace(self, url=url, async_url=async_url, replica_urls=())
 
     def describe(self) -> str:
         """``url=..., async_url=...`` with passwords masked, for ``repr()`` and messages."""
@@ -66,6 +73,8 @@ def build_config(
     session_class: type[Session],
     async_session_class: type[AsyncSession] | None,
     commit_policy: CommitPolicy,
+    replica_urls: Sequence[str | URL] = (),
+    sticky_window: StickyWindow | None = None,
 ) -> Config:
     """Check the constructor's arguments and return the frozen configuration.
 
@@ -100,7 +109,43 @@ def build_config(
         session_class=session_class,
         async_session_class=async_session_class,
         commit_policy=check_policy(commit_policy, argument="commit_policy"),
+        replica_urls=_pair_replicas(replica_urls),
+        sticky_window=_check_sticky(sticky_window, replica_urls),
     )
+
+
+def _pair_replicas(urls: object) -> tuple[tuple[URL | None, URL | None], ...]:
+    """Parse each replica URL and derive its other side, as for the primary."""
+    if isinstance(urls, str | URL) or not isinstance(urls, Sequence | tuple | list):
+        raise ConfigurationError(
+            f"replica_urls must be a list of URLs, not {type(urls).__name__}: "
+            'replica_urls=["postgresql+psycopg://app@replica1/app"].'
+        )
+    pairs: list[tuple[URL | None, URL | None]] = []
+    for index, value in enumerate(urls):
+        url = _urls.parse(value, argument=f"replica_urls[{index}]")
+        if _urls.is_async_driver(url):
+            pairs.append((_urls.sync_twin(url), url))
+        else:
+            pairs.append((url, _urls.async_twin(url)))
+    return tuple(pairs)
+
+
+def _check_sticky(sticky: object, replica_urls: object) -> StickyWindow | None:
+    if sticky is None:
+        return None
+    if not isinstance(sticky, StickyWindow):
+        raise ConfigurationError(
+            f"sticky_window must be a StickyWindow, not {type(sticky).__name__}: "
+            "sticky_window=StickyWindow(2.0, cookie='db_wrote')."
+        )
+    if not replica_urls:
+        raise ConfigurationError(
+            "sticky_window keeps reads on the primary after a write, but this manager has no "
+            "replica_urls, so every read already uses the primary. Pass replica_urls=[...] "
+            "or drop sticky_window."
+        )
+    return sticky
 
 
 def _pair_urls(url: str | URL | None, async_url: str | URL | None) -> tuple[URL | None, URL | None]:

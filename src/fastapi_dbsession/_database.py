@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from . import _compat, _engines, _urls
 from ._capacity import CapacityGate
 from ._config import Config
-from ._sessions import guarded_async_session_class, guarded_session_class
+from ._replicas import ReplicaSet, Router, context_writes
+from ._sessions import ROUTER, guarded_async_session_class, guarded_session_class
 from .errors import ConfigurationError, DatabaseUnavailableError
 
 if TYPE_CHECKING:
@@ -68,6 +69,13 @@ class Database:
         self._gate: CapacityGate | None = None
         self._gate_built = False
         self._binding: Binding | None = None
+        self._replicas = self._replica_set(config)
+
+    @staticmethod
+    def _replica_set(config: Config) -> ReplicaSet:
+        return ReplicaSet(
+            config.replica_urls, dict(config.engine_options), dict(config.async_engine_options)
+        )
 
     def __repr__(self) -> str:
         return f"DatabaseSessionManager({self._config.describe()})"
@@ -186,11 +194,12 @@ class Database:
             self._async_factory = factory
         return factory
 
-    def new_session(self, *, autocommit: bool = False) -> Session:
+    def new_session(self, *, autocommit: bool = False, read: bool = False) -> Session:
         """A new sync session (inside the test's outer transaction while one is bound).
 
         Args:
             autocommit: Every statement commits at once: units that run without a transaction.
+            read: Read-only work: with read replicas, its reads go to one of them.
         """
         if self._binding is not None:
             return self._binding.session()
@@ -198,9 +207,11 @@ class Database:
             return self.session_factory(
                 bind=self.engine.execution_options(isolation_level="AUTOCOMMIT")
             )
-        return self.session_factory()
+        return self._routed(self.session_factory(), read=read, is_async=False)
 
-    async def async_new_session(self, *, autocommit: bool = False) -> AsyncSession:
+    async def async_new_session(
+        self, *, autocommit: bool = False, read: bool = False
+    ) -> AsyncSession:
         """Async twin of :meth:`new_session`."""
         if self._binding is not None:
             return await self._binding.async_session()
@@ -208,7 +219,22 @@ class Database:
             return self.async_session_factory(
                 bind=self.async_engine.execution_options(isolation_level="AUTOCOMMIT")
             )
-        return self.async_session_factory()
+        session = self.async_session_factory()
+        self._routed(session.sync_session, read=read, is_async=True)
+        return session
+
+    def _routed(self, session: Session, *, read: bool, is_async: bool) -> Session:
+        """Give ``session`` a router when there are replicas (see :mod:`._replicas`)."""
+        if self._replicas:
+            primary = self.async_engine.sync_engine if is_async else self.engine
+            writes = context_writes(id(self))
+            session.info[ROUTER] = Router(primary, self._replicas, is_async, read, writes)
+        return session
+
+    @property
+    def has_replicas(self) -> bool:
+        """Whether read-only work can go to read replicas."""
+        return bool(self._replicas) and self._binding is None
 
     # -- test binding --------------------------------------------------------------------
 
@@ -234,18 +260,19 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection of the sync engine (it is recreated on next use)."""
         with self._lock:
-            engine, self._engine, self._sync_factory = self._engine, None, None
+            primary, self._engine, self._sync_factory = self._engine, None, None
             self._gate, self._gate_built = None, False
-        if engine is not None:
-            engine.dispose()
-            logger.info("disposed sync engine for %s", _urls.render(engine.url))
+        for engine in [primary, *self._replicas.take_sync_engines()]:
+            if engine is not None:
+                engine.dispose()
+                logger.info("disposed sync engine for %s", _urls.render(engine.url))
 
     async def async_dispose(self) -> None:
         """Close every pooled connection of the async engine (it is recreated on next use)."""
-        engine = self._take_async_engine()
-        if engine is not None:
-            await engine.dispose()
-            logger.info("disposed async engine for %s", _urls.render(engine.url))
+        for engine in [self._take_async_engine(), *self._replicas.take_async_engines()]:
+            if engine is not None:
+                await engine.dispose()
+                logger.info("disposed async engine for %s", _urls.render(engine.url))
 
     def _take_async_engine(self) -> AsyncEngine | None:
         with self._lock:
@@ -255,10 +282,11 @@ class Database:
     def repoint(self, url: URL | None, async_url: URL | None) -> None:
         """Point at other databases (a test database), disposing the engines it replaces."""
         self.dispose()
-        engine = self._take_async_engine()
-        if engine is not None:
-            _dispose_outside_loop(engine)
+        for engine in [self._take_async_engine(), *self._replicas.take_async_engines()]:
+            if engine is not None:
+                _dispose_outside_loop(engine)
         self._config = self._config.with_urls(url, async_url)
+        self._replicas = self._replica_set(self._config)
 
     def check(self) -> None:
         """Connect and run ``SELECT 1`` on the sync side.

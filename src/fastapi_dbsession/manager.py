@@ -14,6 +14,7 @@ from starlette.requests import HTTPConnection
 from . import _config, decorators, dependencies, transactions
 from ._database import Database
 from ._facets.context import ContextFacet
+from ._replicas import StickyWindow
 from .decorators import P, R, TransactionalDecorator
 from .propagation import CommitPolicy, Propagation, check_policy, make_options
 
@@ -43,6 +44,10 @@ class DatabaseSessionManager(ContextFacet):
         async_session_class: The async one, e.g. ``sqlmodel.ext.asyncio.session.AsyncSession``.
         commit_policy: What request sessions do when the endpoint succeeds: ``"commit"``
             (default), ``"manual"`` or ``"read_only"``; per route: ``db.commit_policy(...)``.
+        replica_urls: Read replicas (sync or asyncio URLs; the other side is derived). Read-only
+            work reads from them, round robin; writes go to this manager's ``url``.
+        sticky_window: A :class:`StickyWindow`: after a client's request wrote, its requests
+            read from the primary for that long (a cookie or header carries the window).
 
     Raises:
         ConfigurationError: No URL, a malformed URL, options of the wrong type.
@@ -66,6 +71,8 @@ class DatabaseSessionManager(ContextFacet):
         session_class: type[Session] = Session,
         async_session_class: type[AsyncSession] | None = None,
         commit_policy: CommitPolicy = "commit",
+        replica_urls: Sequence[str | URL] = (),
+        sticky_window: StickyWindow | None = None,
     ) -> None:
         config = _config.build_config(**_arguments(locals()))
         self._database = Database(config)  # the one seam fastapi_dbsession.testing uses
@@ -78,6 +85,14 @@ class DatabaseSessionManager(ContextFacet):
             dependencies.async_session_dependency(self._database)
         )
         """Dependency giving the request's ``AsyncSession``: ``Depends(db.async_session)``."""
+        self.read_session: Callable[..., Awaitable[Session]] = dependencies.read_session_dependency(
+            self._database
+        )
+        """Dependency giving a read-only ``Session`` (a replica's): ``Depends(db.read_session)``."""
+        self.async_read_session: Callable[..., Awaitable[AsyncSession]] = (
+            dependencies.async_read_session_dependency(self._database)
+        )
+        """Async twin of :attr:`read_session`: ``Depends(db.async_read_session)``."""
 
     @classmethod
     def from_env(cls, prefix: str = "DATABASE_", **overrides: Any) -> DatabaseSessionManager:
