@@ -20,6 +20,7 @@ from .errors import (
     UnexpectedRollbackError,
 )
 from .manager import DatabaseSessionManager
+from .middleware import ServerTimingMiddleware
 from .propagation import CommitPolicy, Propagation
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "NoActiveTransactionError",
     "PoolTimeoutError",
     "Propagation",
+    "ServerTimingMiddleware",
     "SessionFinishedError",
     "StickyWindow",
     "TransactionExistsError",

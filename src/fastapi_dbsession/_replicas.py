@@ -28,14 +28,13 @@ import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import create_engine
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
 
-from . import _compat, _engines, _urls
+from . import _urls
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -61,13 +60,12 @@ class ReplicaSet:
     def __init__(
         self,
         urls: Sequence[tuple[URL | None, URL | None]],
-        engine_options: dict[str, Any],
-        async_engine_options: dict[str, Any],
+        create: Callable[..., Engine],
     ) -> None:
+        """``create(url, is_async=...)`` makes one replica's engine and returns its sync view."""
         self._urls = tuple(urls)
-        self._options = {False: engine_options, True: async_engine_options}
+        self._create = create
         self._engines: dict[bool, list[Engine] | None] = {False: None, True: None}
-        self._async_engines: list[AsyncEngine] = []
         self._health: dict[int, _Health] = {}
         self._cursor = itertools.count()
         self._lock = threading.Lock()
@@ -83,21 +81,10 @@ class ReplicaSet:
             with self._lock:
                 engines = self._engines[is_async]
                 if engines is None:
-                    engines = self._create(is_async=is_async)
+                    urls = [pair[is_async] for pair in self._urls]
+                    engines = [self._create(url, is_async=is_async) for url in urls if url]
                     self._engines[is_async] = engines
         return engines
-
-    def _create(self, *, is_async: bool) -> list[Engine]:
-        urls = [pair[is_async] for pair in self._urls]
-        options = self._options[is_async]
-        if not is_async:
-            return [_engines.create(create_engine, u, options, side="sync") for u in urls if u]
-        create_async_engine = _compat.require_asyncio().create_async_engine
-        created: list[AsyncEngine] = [
-            _engines.create(create_async_engine, u, options, side="async") for u in urls if u
-        ]
-        self._async_engines = created
-        return [engine.sync_engine for engine in created]
 
     def pick(self, *, is_async: bool) -> Engine | None:
         """The next replica (round robin) that accepts a connection; None if none does.
@@ -153,8 +140,8 @@ class ReplicaSet:
     def take_async_engines(self) -> list[AsyncEngine]:
         """Forget the async engines (for disposal); they are recreated on next use."""
         with self._lock:
-            engines, self._async_engines, self._engines[True] = self._async_engines, [], None
-        return engines
+            engines, self._engines[True] = self._engines[True] or [], None
+        return [_async_view(engine) for engine in engines]
 
 
 # -- read-your-writes across the sessions of a request ----------------------------------------
@@ -281,3 +268,9 @@ class StickyWindow:
         except ValueError:
             return False
         return now < until <= now + self.seconds  # a forged far-future value is ignored
+
+
+def _async_view(sync_engine: Engine) -> AsyncEngine:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    return AsyncEngine(sync_engine)  # a new proxy of the same engine: disposes its pool

@@ -27,6 +27,7 @@ from starlette.requests import HTTPConnection
 from ._capacity import CapacityGate
 from ._database import Database
 from ._frames import Frame, Root, frames_of, sync_view
+from ._recording import QueryStats, request_label
 from ._replicas import Writes, enter_request
 from ._sessions import has_work, is_busy
 from ._units import async_drive, drive, finish_root
@@ -116,6 +117,15 @@ def _enter_writes(connection: HTTPConnection, response: Response, database: Data
     writes.on_first_write = mark_client
 
 
+_Opened = tuple[
+    Any,
+    Frame,
+    "Token[Frame | None] | None",
+    CapacityGate | None,
+    "tuple[QueryStats, Token[QueryStats | None]] | None",
+]
+
+
 class _RequestUnit:
     """Open and end the request transaction of one database, for one side (sync or async).
 
@@ -132,9 +142,7 @@ class _RequestUnit:
         self.is_read = is_read
         self.frames = frames_of(is_async=is_async)
 
-    async def open(
-        self, connection: HTTPConnection, response: Response
-    ) -> tuple[Any, Frame, Token[Frame | None] | None, CapacityGate | None]:
+    async def open(self, connection: HTTPConnection, response: Response) -> _Opened:
         """Take a pool permit (sync), make the session and make it the context's unit."""
         database = self.database
         _enter_writes(connection, response, database)
@@ -158,17 +166,20 @@ class _RequestUnit:
             parent=self.frames.get(),
         )
         token = None if self.is_read else self.frames.set(frame)
-        return session, frame, token, gate
+        recording = None
+        if database.recorder is not None:
+            recording = database.recorder.start(_label(connection), connection.scope)
+        return session, frame, token, gate, recording
 
     async def end(
         self,
-        opened: tuple[Any, Frame, Token[Frame | None] | None, CapacityGate | None],
+        opened: _Opened,
         connection: HTTPConnection,
         response: Response,
         error: BaseException | None,
     ) -> None:
         """Commit or roll back (by the route's policy and what happened), close, run hooks."""
-        _, frame, token, gate = opened
+        _, frame, token, gate, recording = opened
         try:
             policy = "read_only" if self.is_read else _route_policy(connection, self.database)
             commit = error is None and should_commit(policy, None, response.status_code)
@@ -180,6 +191,17 @@ class _RequestUnit:
                 self.frames.reset(token)
             if gate is not None:
                 gate.release()
+            if recording is not None:
+                assert self.database.recorder is not None
+                self.database.recorder.stop(*recording)
+
+
+def _label(connection: HTTPConnection) -> str:
+    """``GET /items/{item_id}``: the request's method and route, for logs."""
+    scope = connection.scope
+    return request_label(
+        scope.get("method"), getattr(scope.get("route"), "path", None), scope["path"]
+    )
 
 
 def _request_dependency(
