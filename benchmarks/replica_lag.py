@@ -91,7 +91,7 @@ def routed(
         replica_urls=[standby.url("psycopg", database=name)],
         sticky_window=StickyWindow(2.0, cookie="db_wrote") if sticky else None,
     )
-    app = FastAPI()
+    app = FastAPI(lifespan=db.lifespan)
 
     @app.post("/sync")
     def sync_add(session: Annotated[Session, Depends(db.session)]) -> int:

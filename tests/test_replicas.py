@@ -64,7 +64,7 @@ def make_manager(pair: Pair, **options: Any) -> DatabaseSessionManager:
 
 def make_app(db: DatabaseSessionManager) -> FastAPI:
     """The same routes on both sides: ``/sync/...`` and ``/async/...``."""
-    app = FastAPI()
+    app = FastAPI(lifespan=db.lifespan)  # disposes both sides' engines, replicas included
     SessionDep = Annotated[Session, Depends(db.session)]
     ReadDep = Annotated[Session, Depends(db.read_session)]
     AsyncSessionDep = Annotated[AsyncSession, Depends(db.async_session)]

@@ -70,7 +70,7 @@ class Database:
         self._gate: CapacityGate | None = None
         self._gate_built = False
         self._binding: Binding | None = None
-        self._replicas = ReplicaSet(config.replica_urls, self._create_replica)
+        self._replicas = _replica_set(config, self._engine_created)
         self.recorder: QueryRecorder | None = (
             QueryRecorder(config.observability, config.name)
             if config.observability.watches_queries
@@ -136,18 +136,6 @@ class Database:
         )
         self._engine_created(engine.sync_engine)
         return engine
-
-    def _create_replica(self, url: URL, *, is_async: bool) -> Engine:
-        """A read replica's engine, with the primary's options for that side (its sync view)."""
-        if is_async:
-            factory = _compat.require_asyncio().create_async_engine
-            options, side = self._config.async_engine_options, "async"
-        else:
-            factory, options, side = create_engine, self._config.engine_options, "sync"
-        engine = _engines.create(factory, url, options, side=side, pgbouncer=self._config.pgbouncer)
-        sync_engine: Engine = getattr(engine, "sync_engine", engine)
-        self._engine_created(sync_engine)
-        return sync_engine
 
     def _engine_created(self, engine: Engine) -> None:
         """Install what watches a new engine (the sync one, or an async engine's sync one)."""
@@ -264,8 +252,9 @@ class Database:
         """Give ``session`` a router when there are replicas (see :mod:`._replicas`)."""
         if self._replicas:
             primary = self.async_engine.sync_engine if is_async else self.engine
-            writes = context_writes(id(self))
-            session.info[ROUTER] = Router(primary, self._replicas, is_async, read, writes)
+            session.info[ROUTER] = Router(
+                primary, self._replicas, is_async, read, context_writes(id(self))
+            )
         return session
 
     @property
@@ -323,7 +312,7 @@ class Database:
             if engine is not None:
                 _dispose_outside_loop(engine)
         self._config = self._config.with_urls(url, async_url)
-        self._replicas = ReplicaSet(self._config.replica_urls, self._create_replica)
+        self._replicas = _replica_set(self._config, self._engine_created)
 
     def check(self) -> None:
         """Connect and run ``SELECT 1`` on the sync side.
@@ -367,6 +356,23 @@ class Database:
             return
         await self.async_dispose()
         await anyio.to_thread.run_sync(self.dispose)
+
+
+def _replica_set(config: Config, engine_created: Callable[[Engine], None]) -> ReplicaSet:
+    """The replicas of ``config``, their engines made with the primary's options per side."""
+
+    def create(url: URL, *, is_async: bool) -> Engine:
+        if is_async:
+            factory = _compat.require_asyncio().create_async_engine
+            options, side = config.async_engine_options, "async"
+        else:
+            factory, options, side = create_engine, config.engine_options, "sync"
+        engine = _engines.create(factory, url, options, side=side, pgbouncer=config.pgbouncer)
+        sync_engine: Engine = getattr(engine, "sync_engine", engine)
+        engine_created(sync_engine)
+        return sync_engine
+
+    return ReplicaSet(config.replica_urls, create)
 
 
 def _dispose_outside_loop(engine: AsyncEngine) -> None:
