@@ -4,6 +4,7 @@ import logging
 
 from .decorators import CURRENT_SESSION, transactional
 from .errors import (
+    CommitOutcomeUnknownError,
     ConcurrentSessionUseError,
     ConfigurationError,
     ConnectionDeadlockError,
@@ -24,6 +25,7 @@ from .propagation import CommitPolicy, Propagation
 
 __all__ = [
     "CURRENT_SESSION",
+    "CommitOutcomeUnknownError",
     "CommitPolicy",
     "ConcurrentSessionUseError",
     "ConfigurationError",
