@@ -5,6 +5,7 @@ import logging
 from ._replicas import StickyWindow
 from .decorators import CURRENT_SESSION, transactional
 from .errors import (
+    CommitOutcomeUnknownError,
     ConcurrentSessionUseError,
     ConfigurationError,
     ConnectionDeadlockError,
@@ -25,6 +26,7 @@ from .propagation import CommitPolicy, Propagation
 
 __all__ = [
     "CURRENT_SESSION",
+    "CommitOutcomeUnknownError",
     "CommitPolicy",
     "ConcurrentSessionUseError",
     "ConfigurationError",

@@ -21,12 +21,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import _compat, _engines, _urls
+from . import _compat, _engines, _holds, _urls
 from ._capacity import CapacityGate
 from ._config import Config
 from ._recording import QueryRecorder
-from ._replicas import ReplicaSet, Router, context_writes
-from ._sessions import ROUTER, guarded_async_session_class, guarded_session_class
+from ._replicas import ReplicaSet
+from ._sessions import guarded_async_session_class, guarded_session_class
 from .errors import ConfigurationError, DatabaseUnavailableError
 
 if TYPE_CHECKING:
@@ -229,10 +229,14 @@ class Database:
         if self._binding is not None:
             return self._binding.session()
         if autocommit:
-            return self.session_factory(
+            session = self.session_factory(
                 bind=self.engine.execution_options(isolation_level="AUTOCOMMIT")
             )
-        return self._routed(self.session_factory(), read=read, is_async=False)
+        else:
+            session = self.session_factory()
+            self._replicas.route(session, lambda: self.engine, read=read, key=id(self))
+        self._watch(session)
+        return session
 
     async def async_new_session(
         self, *, autocommit: bool = False, read: bool = False
@@ -241,26 +245,20 @@ class Database:
         if self._binding is not None:
             return await self._binding.async_session()
         if autocommit:
-            return self.async_session_factory(
+            session = self.async_session_factory(
                 bind=self.async_engine.execution_options(isolation_level="AUTOCOMMIT")
             )
-        session = self.async_session_factory()
-        self._routed(session.sync_session, read=read, is_async=True)
+        else:
+            session = self.async_session_factory()
+            primary = lambda: self.async_engine.sync_engine  # noqa: E731
+            self._replicas.route(session.sync_session, primary, read=read, key=id(self))
+        self._watch(session.sync_session)
         return session
 
-    def _routed(self, session: Session, *, read: bool, is_async: bool) -> Session:
-        """Give ``session`` a router when there are replicas (see :mod:`._replicas`)."""
-        if self._replicas:
-            primary = self.async_engine.sync_engine if is_async else self.engine
-            session.info[ROUTER] = Router(
-                primary, self._replicas, is_async, read, context_writes(id(self))
-            )
-        return session
-
-    @property
-    def has_replicas(self) -> bool:
-        """Whether read-only work can go to read replicas."""
-        return bool(self._replicas) and self._binding is None
+    def _watch(self, session: Session) -> None:
+        threshold = self._config.observability.hold_warning_threshold
+        if threshold is not None:
+            _holds.watch(session, threshold, self._config.name)
 
     # -- test binding --------------------------------------------------------------------
 

@@ -35,10 +35,12 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
 
 from . import _urls
+from ._sessions import ROUTER
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.orm import Session
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +132,22 @@ class ReplicaSet:
             logger.warning("read replica %s is back", _urls.render(engine.url))
             health.backoff = 0.0
         return True
+
+    def route(
+        self, session: Session, primary: Callable[[], Engine], *, read: bool, key: int
+    ) -> None:
+        """Give a new session its :class:`Router` (nothing to do without replicas).
+
+        Args:
+            session: The session (an ``AsyncSession``'s sync session).
+            primary: Returns the primary's engine for the session's side (its sync view).
+            read: Read-only work: reads go to a replica.
+            key: Identifies the database in the request's record of writes.
+        """
+        if self._urls:
+            is_async = primary().dialect.is_async
+            router = Router(primary(), self, is_async, read, context_writes(key))
+            session.info[ROUTER] = router
 
     def take_sync_engines(self) -> list[Engine]:
         """Forget the sync engines (for disposal); they are recreated on next use."""

@@ -27,6 +27,7 @@ from starlette.requests import HTTPConnection
 from ._capacity import CapacityGate
 from ._database import Database
 from ._frames import Frame, Root, frames_of, sync_view
+from ._holds import hold_of
 from ._recording import QueryStats, request_label
 from ._replicas import Writes, enter_request
 from ._sessions import has_work, is_busy
@@ -89,7 +90,7 @@ def _route_policy(connection: HTTPConnection, database: Database) -> CommitPolic
 
 def _enter_writes(connection: HTTPConnection, response: Response, database: Database) -> None:
     """Give the request its record of writes (read-your-writes across its sessions), once."""
-    if not database.has_replicas:
+    if not database.config.replica_urls or database.is_bound:
         return
     store: dict[int, Writes] = connection.scope.setdefault(_WRITES_KEY, {})
     enter_request(store)
@@ -134,13 +135,14 @@ class _RequestUnit:
     ``db.transaction()`` never join it.
     """
 
-    __slots__ = ("database", "frames", "is_async", "is_read")
+    __slots__ = ("database", "dependency", "frames", "is_async", "is_read")
 
     def __init__(self, database: Database, *, is_async: bool, is_read: bool = False) -> None:
         self.database = database
         self.is_async = is_async
         self.is_read = is_read
         self.frames = frames_of(is_async=is_async)
+        self.dependency: Callable[..., Any] | None = None  # what routes name in Depends()
 
     async def open(self, connection: HTTPConnection, response: Response) -> _Opened:
         """Take a pool permit (sync), make the session and make it the context's unit."""
@@ -169,7 +171,18 @@ class _RequestUnit:
         recording = None
         if database.recorder is not None:
             recording = database.recorder.start(_label(connection), connection.scope)
+        if database.config.observability.hold_warning_threshold is not None:
+            self._describe_hold(session, connection)
         return session, frame, token, gate, recording
+
+    def _describe_hold(self, session: object, connection: HTTPConnection) -> None:
+        """Name the request and the dependency that asked for its session, for hold warnings."""
+        hold = hold_of(session)
+        if hold is None:
+            return
+        hold.request = _label(connection)
+        route, dependency = connection.scope.get("route"), self.dependency
+        hold.describe_origin = lambda: _asked_by(route, dependency)
 
     async def end(
         self,
@@ -194,6 +207,28 @@ class _RequestUnit:
             if recording is not None:
                 assert self.database.recorder is not None
                 self.database.recorder.stop(*recording)
+
+
+def _asked_by(route: object, dependency: object) -> str:
+    """``requested by Depends(db.session) in get_user (app/auth.py:12)``, found in the route."""
+    found: list[object] = []
+
+    def walk(dependant: Any) -> None:
+        for child in getattr(dependant, "dependencies", ()):
+            if child.call is dependency:
+                found.append(dependant.call)
+            walk(child)
+
+    walk(getattr(route, "dependant", None))
+    if not found:
+        return "made for this request by Depends(db.session)"
+    where = []
+    for function in dict.fromkeys(found):  # each dependant once, outermost first
+        code = getattr(function, "__code__", None)
+        name = getattr(function, "__qualname__", repr(function))
+        place = "" if code is None else f" ({code.co_filename}:{code.co_firstlineno})"
+        where.append(f"{name}{place}")
+    return "made for this request by Depends(db.session) in " + ", ".join(where)
 
 
 def _label(connection: HTTPConnection) -> str:
@@ -232,6 +267,7 @@ def _request_dependency(
         stack.push_async_exit(end)
         return opened[0]
 
+    unit.dependency = request_session
     return request_session
 
 
@@ -254,6 +290,7 @@ def _nested_dependency(unit: _RequestUnit) -> Callable[..., Awaitable[Any]]:
     ) -> Any:
         return session
 
+    unit.dependency = request_session
     return request_session
 
 
