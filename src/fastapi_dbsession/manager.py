@@ -14,6 +14,8 @@ from starlette.requests import HTTPConnection
 from . import _config, decorators, dependencies, transactions
 from ._database import Database
 from ._facets.context import ContextFacet
+from ._facets.operations import OperationsFacet
+from ._probes import Prober
 from .decorators import P, R, TransactionalDecorator
 from .propagation import CommitPolicy, Propagation, check_policy, make_options
 
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 
-class DatabaseSessionManager(ContextFacet):
+class DatabaseSessionManager(ContextFacet, OperationsFacet):
     """Own the engines and sessions of one database for a FastAPI app.
 
     Build one per database at import time, hand ``db.lifespan`` to FastAPI, and ask for the
@@ -43,6 +45,11 @@ class DatabaseSessionManager(ContextFacet):
         async_session_class: The async one, e.g. ``sqlmodel.ext.asyncio.session.AsyncSession``.
         commit_policy: What request sessions do when the endpoint succeeds: ``"commit"``
             (default), ``"manual"`` or ``"read_only"``; per route: ``db.commit_policy(...)``.
+        startup_retries: How often ``lifespan``'s startup check retries a database that does
+            not answer (backoff 0.5 s, doubling, capped at 5 s) before it raises.
+        startup_timeout: The deadline of each startup attempt, in seconds.
+        pool_saturation_warning: Log a WARNING (at most once a minute per pool) when this
+            fraction of the pool is checked out; None turns it off.
 
     Raises:
         ConfigurationError: No URL, a malformed URL, options of the wrong type.
@@ -66,9 +73,13 @@ class DatabaseSessionManager(ContextFacet):
         session_class: type[Session] = Session,
         async_session_class: type[AsyncSession] | None = None,
         commit_policy: CommitPolicy = "commit",
+        startup_retries: int = 3,
+        startup_timeout: float = 5.0,
+        pool_saturation_warning: float | None = 0.9,
     ) -> None:
         config = _config.build_config(**_arguments(locals()))
         self._database = Database(config)  # the one seam fastapi_dbsession.testing uses
+        self._prober = Prober(self._database)
         self._policy_dependencies: dict[str, Callable[[HTTPConnection], Awaitable[None]]] = {}
         self.session: Callable[..., Awaitable[Session]] = dependencies.session_dependency(
             self._database
@@ -241,10 +252,14 @@ class DatabaseSessionManager(ContextFacet):
         ``FastAPI(lifespan=db.lifespan)``, or ``async with db.lifespan(app):`` in your own.
         Only the URLs you gave are checked: a derived twin is created on first use.
 
+        The check retries ``startup_retries`` times with backoff, each attempt within
+        ``startup_timeout`` seconds.
+
         Raises:
-            DatabaseUnavailableError: A configured database cannot be reached.
+            DatabaseUnavailableError: A configured database cannot be reached; names host and
+                port (password masked).
         """
-        await self._database.startup()
+        await self._prober.startup()
         try:
             yield
         finally:
