@@ -7,6 +7,11 @@ imported into this one process and driven one request at a time; the apps are in
 round by round.
 ``time.process_time`` counts every thread of the process (sync endpoints run in the threadpool).
 Prints one JSON line; writes pyinstrument profiles to --profile-dir when pyinstrument is there.
+
+With ``--callgrind-shim`` (run.py's ``instructions`` scenario, under ``valgrind
+--tool=callgrind``), callgrind's counters are zeroed before each measured batch and dumped after
+it with the label ``fdbs|<app>|<endpoint>|<requests>``: instructions executed, every thread,
+which the load of a shared machine does not change.
 """
 
 from __future__ import annotations
@@ -86,10 +91,39 @@ def request_for(endpoint: str) -> tuple[str, str, bytes | None]:
     return load.request_for(endpoint, SEED_ROWS)
 
 
-async def batch(app: App, endpoint: str, count: int) -> tuple[float, float, int]:
-    """``count`` sequential requests: (CPU µs per request, wall µs per request, non-2xx)."""
+class Callgrind:
+    """The client requests of callgrind_shim.c, or nothing when no shim is given."""
+
+    def __init__(self, shim: str | None) -> None:
+        self.library: Any = None
+        if shim:
+            import ctypes
+
+            self.library = ctypes.CDLL(shim)
+            if not self.library.fdbs_on_valgrind():
+                raise SystemExit("--callgrind-shim given, but not running under valgrind")
+
+    def zero(self) -> None:
+        if self.library is not None:
+            self.library.fdbs_zero()
+
+    def dump(self, label: str | None) -> None:
+        if self.library is not None and label is not None:
+            self.library.fdbs_dump(label.encode())
+
+
+CALLGRIND = Callgrind(None)
+
+
+async def batch(
+    app: App, endpoint: str, count: int, label: str | None = None
+) -> tuple[float, float, int]:
+    """``count`` sequential requests: (CPU µs per request, wall µs per request, non-2xx).
+
+    With a ``label`` under callgrind, the batch's instructions are dumped under that label."""
     gc.collect()
     bad = 0
+    CALLGRIND.zero()
     cpu_started, wall_started = time.process_time_ns(), time.perf_counter_ns()
     for _ in range(count):
         method, path, body = request_for(endpoint)
@@ -98,6 +132,7 @@ async def batch(app: App, endpoint: str, count: int) -> tuple[float, float, int]
             bad += 1
     cpu = (time.process_time_ns() - cpu_started) / count / 1e3
     wall = (time.perf_counter_ns() - wall_started) / count / 1e3
+    CALLGRIND.dump(label and f"fdbs|{label}|{endpoint}|{count}")
     return cpu, wall, bad
 
 
@@ -204,7 +239,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 order.reverse()
             for name, app in order:
                 for endpoint in ENDPOINTS:
-                    cpu, wall, bad = await batch(app, endpoint, args.requests)
+                    cpu, wall, bad = await batch(app, endpoint, args.requests, label=name)
                     runs[name][endpoint].append({"cpu_us": cpu, "wall_us": wall, "bad": bad})
         await vacuum()
         wanted = set(args.profile.split(",")) if args.profile_requests else set()
@@ -221,7 +256,10 @@ def main() -> None:
     parser.add_argument("--profile-requests", type=int, default=1500, help="0: no profiles")
     parser.add_argument("--profile-dir", required=True)
     parser.add_argument("--profile", default="", help="ids of the apps to profile (default none)")
+    parser.add_argument("--callgrind-shim", help="callgrind_shim.c built: count instructions")
     args = parser.parse_args()
+    global CALLGRIND  # noqa: PLW0603  # set once, before anything is measured
+    CALLGRIND = Callgrind(args.callgrind_shim)
     random.seed(7)
     try:
         import uvloop

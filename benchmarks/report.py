@@ -6,6 +6,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import instructions
+
 ENDPOINTS = ("read", "write", "list")
 THROUGHPUT_TARGET = 1.00  # issue 13: req/s >= 1.00x and p99 <= 1.05x the tutorial pattern
 P99_TARGET = 1.05
@@ -216,7 +218,12 @@ def _cpu_verdict(results: dict[str, Any], ours: str, base: str, endpoint: str) -
         return "not measured"
     overhead = _median(_cpu_differences(runs, ours, base, endpoint))
     met = overhead is not None and overhead <= CPU_TARGET_US
-    return f"{_fmt(overhead, 1)} {'met' if met else '**MISSED**'}"
+    verdict = f"timed {_fmt(overhead, 1)} {'met' if met else '**MISSED**'}"
+    counted = instructions.overhead(results, ours, base, endpoint)
+    if counted is not None:  # the steadier figure: instructions, at native µs per instruction
+        met = counted <= CPU_TARGET_US
+        verdict += f"; counted {counted:+.1f} {'met' if met else '**MISSED**'}"
+    return verdict
 
 
 def _targets(results: dict[str, Any]) -> list[str]:
@@ -479,6 +486,14 @@ def render(results: dict[str, Any]) -> str:
         *_throughput_tables(results),
         *_section("Pool starvation", _starvation(results) if results["starvation"] else []),
         *_section("Per-request CPU cost (in-process)", _cpu(results)),
+        *_section(
+            "Instructions per request (in-process, callgrind)",
+            instructions.render(
+                results,
+                {impl: info["side"] for impl, info in meta["impls"].items()},
+                {impl: info["label"] for impl, info in meta["impls"].items()},
+            ),
+        ),
     ]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -4,10 +4,11 @@ libraries and a floor.
     python3 benchmarks/run.py            # full run (~50 min on 2 cores), see benchmarks/README.md
     python3 benchmarks/run.py --quick    # a second or two per app, correctness checks on
 
-Four scenarios: (0) round trips per request: each app alone under driver_calls.py, its driver
+Five scenarios: (0) round trips per request: each app alone under driver_calls.py, its driver
 calls and the server's transactions counted; (1) throughput and latency of real uvicorn servers
 (CPU 0) under wrk (CPU 1), implementations interleaved round by round; (2) pool starvation:
-pool 3+0, 100 concurrent requests; (3) per-request CPU cost in-process, with a profile. Every
+pool 3+0, 100 concurrent requests; (3) per-request CPU cost in-process, with a profile;
+(4) instructions per request in-process, counted by callgrind (steady under load). Every
 ratio and difference is taken against the tutorial pattern as written (``tutorial-sync`` /
 ``tutorial-async``). It measures the checkout it lives in: .venv-bench-core installs this
 repository, editable. Results go to benchmarks/results/ (latest.json, latest.md, profiles).
@@ -38,6 +39,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import envs  # noqa: E402
+import instructions  # noqa: E402
 import load  # noqa: E402
 import report  # noqa: E402
 
@@ -47,7 +49,7 @@ LIST_LIMIT = 50
 SEED_ROWS = 1000  # database.SEED_ROWS; the database module needs psycopg, imported later
 MISSING_ID = 987_654_321
 EXIT_NO_DATABASE = 3
-SCENARIOS = ("roundtrips", "throughput", "starvation", "cpu")
+SCENARIOS = ("roundtrips", "throughput", "starvation", "cpu", "instructions")
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ class Options:
     starvation_timeout: float
     cpu_requests: int
     cpu_rounds: int
+    instruction_requests: int
+    instruction_rounds: int
     roundtrip_requests: int
     results: Path
     strict: bool
@@ -743,6 +747,8 @@ def make_options(args: argparse.Namespace) -> Options:
         starvation_timeout=2.0 if quick else 5.0,
         cpu_requests=args.cpu_requests or (100 if quick else 600),
         cpu_rounds=1 if quick else 15,
+        instruction_requests=10 if quick else 100,
+        instruction_rounds=1 if quick else 3,
         roundtrip_requests=args.roundtrip_requests or (50 if quick else 200),
         results=results.resolve(),
         strict=args.strict,
@@ -816,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
         "throughput": {},
         "starvation": {},
         "cpu": {},
+        "instructions": {},
     }
     say(f"loader: {options.loader}; pinning: {'taskset' if options.pin else 'none'}")
     prepare_envs(options, results)
@@ -835,6 +842,18 @@ def main(argv: list[str] | None = None) -> int:
             if "cpu" in options.scenarios:
                 inspector.vacuum()
                 cpu_scenario(options, server, name, results)
+            if "instructions" in options.scenarios:
+                inspector.vacuum()
+                core = cpu_groups(options.impls).get("core", [])
+                results["instructions"] = instructions.scenario(
+                    [(impl.id, impl.module) for impl in core],
+                    python=options.pythons["core"],
+                    env=server.env(name),
+                    results_dir=options.results,
+                    requests=options.instruction_requests,
+                    rounds=options.instruction_rounds,
+                    say=say,
+                )
         finally:
             inspector.close()
     results["meta"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from . import _engines, _urls
+from . import _drivers, _engines, _urls
 from .errors import ConfigurationError
 from .propagation import CommitPolicy, check_policy
 
@@ -47,6 +47,10 @@ class Config:
     """Deadline of each startup attempt, in seconds."""
     pool_saturation_warning: float | None = 0.9
     """Warn when this fraction of the pool is checked out (None: off)."""
+    pgbouncer: bool = False
+    """Keep every PostgreSQL driver off server-side prepared statements (PgBouncer)."""
+    unshared_connect_args: tuple[str, ...] = ()
+    """``engine_options['connect_args']`` keys the async side's other driver did not get."""
 
     def with_urls(self, url: URL | None, async_url: URL | None) -> Config:
         """The same configuration on other databases (the testing helpers' test database)."""
@@ -75,28 +79,37 @@ def build_config(
     startup_retries: int = 3,
     startup_timeout: float = 5.0,
     pool_saturation_warning: float | None = 0.9,
+    pgbouncer: bool = False,
 ) -> Config:
     """Check the constructor's arguments and return the frozen configuration.
 
     Raises:
         ConfigurationError: No URL, a malformed URL, options of the wrong type, a session
-            class that is not a ``Session``, an unknown commit policy.
+            class that is not a ``Session``, an unknown commit policy, ``pgbouncer=True`` on
+            another database than PostgreSQL.
     """
     sync_url, given_async = _pair_urls(url, async_url)
+    final_url = sync_url if sync_url is not None else _derive(given_async, _urls.sync_twin)
+    final_async = given_async if given_async is not None else _derive(sync_url, _urls.async_twin)
+    if not isinstance(pgbouncer, bool):
+        raise ConfigurationError(f"pgbouncer must be True or False, not {pgbouncer!r}.")
+    if pgbouncer:
+        _drivers.check_pgbouncer((final_url, final_async))
     checked_engine_options = _engines.check_options(engine_options, argument="engine_options")
+    shared_options, unshared = _async_side(checked_engine_options, final_url, final_async)
     session_defaults = _engines.check_options(session_options, argument="session_options")
     if not (isinstance(session_class, type) and issubclass(session_class, Session)):
         raise ConfigurationError(
             f"session_class must be a subclass of sqlalchemy.orm.Session, not {session_class!r}."
         )
     return Config(
-        url=sync_url if sync_url is not None else _derive(given_async, _urls.sync_twin),
-        async_url=given_async if given_async is not None else _derive(sync_url, _urls.async_twin),
+        url=final_url,
+        async_url=final_async,
         url_given=sync_url is not None,
         async_url_given=given_async is not None,
         engine_options=checked_engine_options,
         async_engine_options=(
-            checked_engine_options
+            shared_options
             if async_engine_options is None
             else _engines.check_options(async_engine_options, argument="async_engine_options")
         ),
@@ -110,7 +123,22 @@ def build_config(
         async_session_class=async_session_class,
         commit_policy=check_policy(commit_policy, argument="commit_policy"),
         **_operations(startup_retries, startup_timeout, pool_saturation_warning),
+        pgbouncer=pgbouncer,
+        unshared_connect_args=unshared if async_engine_options is None else (),
     )
+
+
+def _async_side(
+    options: dict[str, Any], url: URL | None, async_url: URL | None
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``engine_options`` for the async side: without ``connect_args`` of another driver.
+
+    Returns the options and the names of the connect arguments left out.
+    """
+    connect_args = options.get("connect_args")
+    if not connect_args or _drivers.shares_connect_args(url, async_url):
+        return options, ()
+    return {k: v for k, v in options.items() if k != "connect_args"}, tuple(connect_args)
 
 
 def _operations(
@@ -210,6 +238,14 @@ def env_arguments(
     }
     if options:
         arguments["engine_options"] = options
+    if environ.get(prefix + "PGBOUNCER"):
+        try:
+            arguments["pgbouncer"] = parse_bool(environ[prefix + "PGBOUNCER"])
+        except ValueError:
+            raise ConfigurationError(
+                f"Environment variable {prefix}PGBOUNCER={environ[prefix + 'PGBOUNCER']!r} "
+                "is not a valid flag (true/false)."
+            ) from None
     if environ.get(prefix + "COMMIT_POLICY"):
         arguments["commit_policy"] = environ[prefix + "COMMIT_POLICY"]
     arguments.update(overrides)

@@ -101,14 +101,30 @@ class Database:
 
     def _create_engine(self) -> Engine:
         url = self._require(self._config.url, side="sync")
-        engine = _engines.create(create_engine, url, self._config.engine_options, side="sync")
+        engine = _engines.create(
+            create_engine,
+            url,
+            self._config.engine_options,
+            side="sync",
+            pgbouncer=self._config.pgbouncer,
+        )
         return self._watch(engine, engine, side="sync")
 
     def _create_async_engine(self) -> AsyncEngine:
         url = self._require(self._config.async_url, side="async")
         create_async_engine = _compat.require_asyncio().create_async_engine
         options = self._config.async_engine_options
-        engine: AsyncEngine = _engines.create(create_async_engine, url, options, side="async")
+        if self._config.unshared_connect_args:
+            logger.warning(
+                "engine_options['connect_args'] (%s) are for %s and were not given to the %s "
+                "async engine: pass the async driver's own in async_engine_options",
+                ", ".join(self._config.unshared_connect_args),
+                self._config.url.get_driver_name() if self._config.url else "the sync driver",
+                url.get_driver_name(),
+            )
+        engine: AsyncEngine = _engines.create(
+            create_async_engine, url, options, side="async", pgbouncer=self._config.pgbouncer
+        )
         return self._watch(engine, engine.sync_engine, side="async")
 
     def _watch(self, engine: _T, sync_engine: Engine, *, side: str) -> _T:

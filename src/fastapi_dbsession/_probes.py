@@ -35,7 +35,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
 
-from . import _compat, _urls
+from . import _compat, _engines, _urls
 from .errors import DatabaseUnavailableError
 
 if TYPE_CHECKING:
@@ -81,8 +81,12 @@ def address(url: URL) -> str:
     return f"{host}:{port}" if port else host
 
 
-def _describe(error: BaseException) -> str:
-    reason = _urls.mask_text(str(getattr(error, "orig", None) or error)).strip().splitlines()
+def _describe(error: BaseException, url: URL) -> str:
+    """One line for logs: the driver's error (not our wrapper around it), secrets masked."""
+    if isinstance(error, DatabaseUnavailableError) and error.__cause__ is not None:
+        error = error.__cause__  # the engine's connect already wrapped the driver's error
+    text = str(getattr(error, "orig", None) or error)
+    reason = _urls.mask_text(text, url).strip().splitlines()
     return f"{type(error).__name__}: {reason[0] if reason else ''}".rstrip(": ")
 
 
@@ -135,11 +139,11 @@ async def _async_attempt(engine: AsyncEngine, deadline: float) -> BaseException 
     return None
 
 
-def _result(started: float, error: BaseException | None) -> PingResult:
+def _result(started: float, error: BaseException | None, url: URL) -> PingResult:
     latency = time.monotonic() - started
     if error is None:
         return PingResult("ok", latency)
-    return PingResult("unavailable", latency, _describe(error))
+    return PingResult("unavailable", latency, _describe(error, url))
 
 
 class Prober:
@@ -164,12 +168,14 @@ class Prober:
             options = config.async_engine_options if is_async else config.engine_options
             arguments: dict[str, Any] = {
                 "poolclass": NullPool,
+                "pool_pre_ping": False,  # a new connection each time: nothing to check
                 "connect_args": dict(options.get("connect_args", {})),
             }
             factory: Callable[..., Any] = (
                 _compat.require_asyncio().create_async_engine if is_async else create_engine
             )
-            probe = factory(url, **arguments)
+            side = "async" if is_async else "sync"
+            probe = _engines.create(factory, url, arguments, side=side, pgbouncer=config.pgbouncer)
             self._engines = {key: probe}  # the URL changed (a test database): forget the old
         return probe
 
@@ -180,15 +186,16 @@ class Prober:
         outcome: list[BaseException | None] = []
         with self._lock:
             if self._pending is not None and self._pending.is_alive():
-                return _result(started, TimeoutError("the previous ping has not returned yet"))
+                stuck = TimeoutError("the previous ping has not returned yet")
+                return _result(started, stuck, engine.url)
             thread = self._pending = _start_thread(engine, outcome)
-        return _result(started, _wait_for(thread, outcome, timeout))
+        return _result(started, _wait_for(thread, outcome, timeout), engine.url)
 
     async def async_ping(self, deadline: float) -> PingResult:
         """Async twin of :meth:`ping`."""
         started = time.monotonic()
         engine = self._probe_engine(is_async=True)
-        return _result(started, await _async_attempt(engine, deadline))
+        return _result(started, await _async_attempt(engine, deadline), engine.url)
 
     async def ready(self, config: Config, deadline: float) -> list[PingResult]:
         """Ping the sides whose URL was given (the readiness probe)."""
@@ -233,7 +240,7 @@ class Prober:
                 raise DatabaseUnavailableError(
                     f"Cannot reach the database at {address(url)} ({_urls.render(url)}) at "
                     f"startup after {attempt + 1} attempt(s) over "
-                    f"{time.monotonic() - started:.1f}s: {_describe(error)}. Check that the "
+                    f"{time.monotonic() - started:.1f}s: {_describe(error, url)}. Check that the "
                     "server is running and reachable from here and that host, port, user, "
                     "password and database name are right; for a database that starts after "
                     "the app, raise startup_retries."
@@ -243,7 +250,7 @@ class Prober:
                 address(url),
                 attempt + 1,
                 retries + 1,
-                _describe(error),
+                _describe(error, url),
                 delay,
             )
             await anyio.sleep(delay)

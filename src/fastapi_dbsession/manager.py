@@ -38,7 +38,9 @@ class DatabaseSessionManager(ContextFacet, OperationsFacet):
         engine_options: ``create_engine`` arguments over the safe defaults (servers: a
             liveness check at checkout without a round trip, ``pool_pre_ping`` True/False to
             replace it; SQLite: ``check_same_thread=False``, ``StaticPool`` for ``:memory:``).
-        async_engine_options: The same for ``create_async_engine`` (default: ``engine_options``).
+        async_engine_options: The same for ``create_async_engine`` (default: ``engine_options``,
+            without its ``connect_args`` when the async driver is another library, e.g.
+            psycopg and asyncpg).
         session_options: Keyword arguments for the sessionmakers (both sides).
         async_session_options: Async sessionmaker overrides (default ``expire_on_commit=False``).
         session_class: The sync session class, e.g. ``sqlmodel.Session``.
@@ -50,6 +52,9 @@ class DatabaseSessionManager(ContextFacet, OperationsFacet):
         startup_timeout: The deadline of each startup attempt, in seconds.
         pool_saturation_warning: Log a WARNING (at most once a minute per pool) when this
             fraction of the pool is checked out; None turns it off.
+        pgbouncer: The database is reached through PgBouncer in transaction (or statement)
+            pooling mode: every PostgreSQL driver is kept off server-side prepared statements
+            (see docs/scaling.md).
 
     Raises:
         ConfigurationError: No URL, a malformed URL, options of the wrong type.
@@ -76,6 +81,7 @@ class DatabaseSessionManager(ContextFacet, OperationsFacet):
         startup_retries: int = 3,
         startup_timeout: float = 5.0,
         pool_saturation_warning: float | None = 0.9,
+        pgbouncer: bool = False,
     ) -> None:
         config = _config.build_config(**_arguments(locals()))
         self._database = Database(config)  # the one seam fastapi_dbsession.testing uses
@@ -95,7 +101,8 @@ class DatabaseSessionManager(ContextFacet, OperationsFacet):
         """Build a manager from environment variables.
 
         Reads ``{prefix}`` + ``URL``, ``ASYNC_URL``, ``POOL_SIZE``, ``MAX_OVERFLOW``,
-        ``POOL_TIMEOUT``, ``POOL_RECYCLE``, ``POOL_PRE_PING``, ``ECHO``, ``COMMIT_POLICY``.
+        ``POOL_TIMEOUT``, ``POOL_RECYCLE``, ``POOL_PRE_PING``, ``ECHO``, ``COMMIT_POLICY``,
+        ``PGBOUNCER``.
 
         Args:
             prefix: Prefix of the variable names.
@@ -210,6 +217,7 @@ class DatabaseSessionManager(ContextFacet, OperationsFacet):
         durable: bool = ...,
         retries: int = ...,
         retry_on_lock_timeout: bool = ...,
+        retry_deadline: float | None = ...,
         rollback_on: Sequence[type[BaseException]] = ...,
         no_rollback_on: Sequence[type[BaseException]] = ...,
     ) -> TransactionalDecorator: ...

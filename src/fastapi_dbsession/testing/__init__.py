@@ -8,6 +8,7 @@ from ._binding import TestBinding
 from ._databases import create_test_database, drop_test_database, use_database
 from ._isolation import isolated, override_dependency
 from ._queries import QueryCount, assert_max_queries, count_queries
+from ._retries import retries_disabled
 
 __all__ = [
     "QueryCount",
@@ -18,5 +19,6 @@ __all__ = [
     "drop_test_database",
     "isolated",
     "override_dependency",
+    "retries_disabled",
     "use_database",
 ]
