@@ -427,6 +427,20 @@ def _async_postgres(module: ModuleType, backend: Backend) -> None:
     assert [digest] == module.DIGESTS
 
 
+# -- operating in production: observability ------------------------------------------------
+
+
+@check("docs_src/operations/observability001.py")
+def _observability_1(module: ModuleType, backend: Backend) -> None:
+    with TestClient(module.app) as client:
+        response = client.get("/products/3")
+    assert response.status_code == 200
+    expected = 3 if backend.name == "sqlite" else 2  # SQLite: the library's BEGIN too
+    assert re.fullmatch(
+        rf'db;dur=\d+\.\d;desc="shop: {expected} queries"', response.headers["server-timing"]
+    )
+
+
 # -- the tests ----------------------------------------------------------------------------
 
 

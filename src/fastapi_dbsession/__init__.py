@@ -21,6 +21,7 @@ from .errors import (
     UnexpectedRollbackError,
 )
 from .manager import DatabaseSessionManager
+from .middleware import ServerTimingMiddleware
 from .propagation import CommitPolicy, Propagation
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "PoolStatus",
     "PoolTimeoutError",
     "Propagation",
+    "ServerTimingMiddleware",
     "SessionFinishedError",
     "TransactionExistsError",
     "UnexpectedRollbackError",

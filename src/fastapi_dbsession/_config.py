@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from . import _drivers, _engines, _urls
+from ._recording import Observability
 from .errors import ConfigurationError
 from .propagation import CommitPolicy, check_policy
 
@@ -51,6 +52,9 @@ class Config:
     """Keep every PostgreSQL driver off server-side prepared statements (PgBouncer)."""
     unshared_connect_args: tuple[str, ...] = ()
     """``engine_options['connect_args']`` keys the async side's other driver did not get."""
+    name: str = "default"
+    """The database's name in logs, metrics and engine logging names."""
+    observability: Observability = dataclasses.field(default_factory=Observability)
 
     def with_urls(self, url: URL | None, async_url: URL | None) -> Config:
         """The same configuration on other databases (the testing helpers' test database)."""
@@ -80,6 +84,10 @@ def build_config(
     startup_timeout: float = 5.0,
     pool_saturation_warning: float | None = 0.9,
     pgbouncer: bool = False,
+    name: str | None = None,
+    record_queries: bool = False,
+    slow_query_threshold: float | None = None,
+    log_query_parameters: bool = False,
 ) -> Config:
     """Check the constructor's arguments and return the frozen configuration.
 
@@ -123,8 +131,50 @@ def build_config(
         async_session_class=async_session_class,
         commit_policy=check_policy(commit_policy, argument="commit_policy"),
         **_operations(startup_retries, startup_timeout, pool_saturation_warning),
+        name=_name(name, sync_url or given_async),
+        observability=_observability(record_queries, slow_query_threshold, log_query_parameters),
         pgbouncer=pgbouncer,
         unshared_connect_args=unshared if async_engine_options is None else (),
+    )
+
+
+def _name(name: str | None, url: URL | None) -> str:
+    """The given name, else the URL's database name (a SQLite file's stem), else "default"."""
+    if name is not None:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigurationError(
+                f'name={name!r} must be a non-empty string, e.g. name="orders": it labels '
+                "this database in logs and metrics."
+            )
+        return name
+    database = None if url is None else url.database
+    if not database or database == ":memory:":
+        return "default"
+    return database.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".db") or "default"
+
+
+def _observability(
+    record_queries: object, slow_query_threshold: object, log_query_parameters: object
+) -> Observability:
+    for argument, flag in (
+        ("record_queries", record_queries),
+        ("log_query_parameters", log_query_parameters),
+    ):
+        if not isinstance(flag, bool):
+            raise ConfigurationError(f"{argument}={flag!r} must be True or False.")
+    if slow_query_threshold is not None and (
+        not isinstance(slow_query_threshold, int | float)
+        or isinstance(slow_query_threshold, bool)
+        or slow_query_threshold < 0
+    ):
+        raise ConfigurationError(
+            f"slow_query_threshold={slow_query_threshold!r} must be a number of seconds >= 0 "
+            "(e.g. 0.5), or None for no slow-query log."
+        )
+    return Observability(
+        record_queries=bool(record_queries),
+        slow_query_threshold=None if slow_query_threshold is None else float(slow_query_threshold),
+        log_query_parameters=bool(log_query_parameters),
     )
 
 

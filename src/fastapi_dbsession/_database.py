@@ -25,6 +25,7 @@ from . import _compat, _engines, _pressure, _urls
 from ._capacity import CapacityGate
 from ._config import Config
 from ._pressure import PoolStatus
+from ._recording import QueryRecorder
 from ._sessions import guarded_async_session_class, guarded_session_class
 from .errors import ConfigurationError, PoolTimeoutError
 
@@ -69,6 +70,12 @@ class Database:
         self._gate: CapacityGate | None = None
         self._gate_built = False
         self._binding: Binding | None = None
+        self.recorder: QueryRecorder | None = (
+            QueryRecorder(config.observability, config.name)
+            if config.observability.watches_queries
+            else None
+        )
+        """The statement listeners (None: query recording and the slow-query log are off)."""
 
     def __repr__(self) -> str:
         return f"DatabaseSessionManager({self._config.describe()})"
@@ -108,7 +115,8 @@ class Database:
             side="sync",
             pgbouncer=self._config.pgbouncer,
         )
-        return self._watch(engine, engine, side="sync")
+        self._engine_created(engine, side="sync")
+        return engine
 
     def _create_async_engine(self) -> AsyncEngine:
         url = self._require(self._config.async_url, side="async")
@@ -125,13 +133,16 @@ class Database:
         engine: AsyncEngine = _engines.create(
             create_async_engine, url, options, side="async", pgbouncer=self._config.pgbouncer
         )
-        return self._watch(engine, engine.sync_engine, side="async")
+        self._engine_created(engine.sync_engine, side="async")
+        return engine
 
-    def _watch(self, engine: _T, sync_engine: Engine, *, side: str) -> _T:
+    def _engine_created(self, engine: Engine, *, side: str) -> None:
+        """Install what watches a new engine (the sync one, or an async engine's sync one)."""
+        if self.recorder is not None:
+            self.recorder.install(engine)
         threshold = self._config.pool_saturation_warning
         if threshold is not None:
-            _pressure.install_saturation_warning(sync_engine, threshold, side=side)
-        return engine
+            _pressure.install_saturation_warning(engine, threshold, side=side)
 
     def pool_status(self) -> dict[str, PoolStatus]:
         """A snapshot of each created engine's pool, by side (no engine is created for it)."""

@@ -14,6 +14,7 @@ from starlette.requests import HTTPConnection
 from . import _config, decorators, dependencies, transactions
 from ._database import Database
 from ._facets.context import ContextFacet
+from ._facets.observability import ObservabilityFacet
 from ._facets.operations import OperationsFacet
 from ._probes import Prober
 from .decorators import P, R, TransactionalDecorator
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 
-class DatabaseSessionManager(ContextFacet, OperationsFacet):
+class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet):
     """Own the engines and sessions of one database for a FastAPI app.
 
     Build one per database at import time, hand ``db.lifespan`` to FastAPI, and ask for the
@@ -47,6 +48,14 @@ class DatabaseSessionManager(ContextFacet, OperationsFacet):
         async_session_class: The async one, e.g. ``sqlmodel.ext.asyncio.session.AsyncSession``.
         commit_policy: What request sessions do when the endpoint succeeds: ``"commit"``
             (default), ``"manual"`` or ``"read_only"``; per route: ``db.commit_policy(...)``.
+        name: This database's name in log lines and metrics (default: the URL's database
+            name, a SQLite file's stem, else ``"default"``).
+        record_queries: Count and time each request's SQL statements and log one line per
+            request (logger ``fastapi_dbsession.queries``); ``ServerTimingMiddleware`` puts
+            the figures in a ``Server-Timing`` header. Off: no listener is installed.
+        slow_query_threshold: Log statements taking at least this many seconds, with the
+            code location that issued them (logger ``fastapi_dbsession.slow_queries``).
+        log_query_parameters: Show slow statements' parameters (hidden by default).
         startup_retries: How often ``lifespan``'s startup check retries a database that does
             not answer (backoff 0.5 s, doubling, capped at 5 s) before it raises.
         startup_timeout: The deadline of each startup attempt, in seconds.
@@ -78,6 +87,10 @@ class DatabaseSessionManager(ContextFacet, OperationsFacet):
         session_class: type[Session] = Session,
         async_session_class: type[AsyncSession] | None = None,
         commit_policy: CommitPolicy = "commit",
+        name: str | None = None,
+        record_queries: bool = False,
+        slow_query_threshold: float | None = None,
+        log_query_parameters: bool = False,
         startup_retries: int = 3,
         startup_timeout: float = 5.0,
         pool_saturation_warning: float | None = 0.9,
