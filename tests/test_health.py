@@ -17,7 +17,7 @@ from sqlalchemy import make_url
 
 from fastapi_dbsession import DatabaseSessionManager, DatabaseUnavailableError
 from tests._servers import free_port
-from tests.conftest import Backend
+from tests.conftest import SERVERS, Backend
 
 SENTINEL = "s3cret-Pa55word"
 
@@ -244,8 +244,7 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
                 end.shutdown(socket.SHUT_RDWR)
 
 
-@pytest.mark.postgresql
-@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("backend", [SERVERS["postgresql"]], indirect=True)
 def test_startup_waits_for_a_database_that_comes_up_after_the_app(
     backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:

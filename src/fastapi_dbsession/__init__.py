@@ -6,6 +6,7 @@ from ._pressure import PoolStatus
 from ._probes import PingResult
 from .decorators import CURRENT_SESSION, transactional
 from .errors import (
+    CommitOutcomeUnknownError,
     ConcurrentSessionUseError,
     ConfigurationError,
     ConnectionDeadlockError,
@@ -26,6 +27,7 @@ from .propagation import CommitPolicy, Propagation
 
 __all__ = [
     "CURRENT_SESSION",
+    "CommitOutcomeUnknownError",
     "CommitPolicy",
     "ConcurrentSessionUseError",
     "ConfigurationError",
