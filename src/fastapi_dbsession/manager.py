@@ -56,6 +56,9 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet):
         slow_query_threshold: Log statements taking at least this many seconds, with the
             code location that issued them (logger ``fastapi_dbsession.slow_queries``).
         log_query_parameters: Show slow statements' parameters (hidden by default).
+        hold_warning_threshold: Log a request or unit of work whose transaction held a
+            connection this many seconds or more, with its route or the code that opened it
+            (logger ``fastapi_dbsession.holds``); also report sessions garbage-collected open.
         startup_retries: How often ``lifespan``'s startup check retries a database that does
             not answer (backoff 0.5 s, doubling, capped at 5 s) before it raises.
         startup_timeout: The deadline of each startup attempt, in seconds.
@@ -91,6 +94,7 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet):
         record_queries: bool = False,
         slow_query_threshold: float | None = None,
         log_query_parameters: bool = False,
+        hold_warning_threshold: float | None = None,
         startup_retries: int = 3,
         startup_timeout: float = 5.0,
         pool_saturation_warning: float | None = 0.9,
