@@ -2,6 +2,8 @@
 
 import logging
 
+from ._pressure import PoolStatus
+from ._probes import PingResult
 from ._replicas import StickyWindow
 from .decorators import CURRENT_SESSION, transactional
 from .errors import (
@@ -38,6 +40,8 @@ __all__ = [
     "MissingDriverError",
     "NoActiveSessionError",
     "NoActiveTransactionError",
+    "PingResult",
+    "PoolStatus",
     "PoolTimeoutError",
     "Propagation",
     "ServerTimingMiddleware",
