@@ -5,11 +5,18 @@ fixtures from these helpers; they work without pytest too.
 """
 
 from ._binding import TestBinding
-from ._databases import create_test_database, drop_test_database, use_database
+from ._databases import (
+    EngineSwap,
+    create_test_database,
+    drop_test_database,
+    use_database,
+    use_engine,
+)
 from ._isolation import isolated, override_dependency
 from ._queries import QueryCount, assert_max_queries, count_queries
 
 __all__ = [
+    "EngineSwap",
     "QueryCount",
     "TestBinding",
     "assert_max_queries",
@@ -19,4 +26,5 @@ __all__ = [
     "isolated",
     "override_dependency",
     "use_database",
+    "use_engine",
 ]

@@ -52,6 +52,8 @@ class TestBinding:
         if self._connection is None:
             self._connection = self._database.engine.connect()
             self._transaction = self._connection.begin()
+            if self._database.outer_begin_is_lazy(is_async=False):
+                self._connection.exec_driver_sql("BEGIN")  # else RELEASE SAVEPOINT commits
         return self._database.session_factory(
             bind=self._connection, join_transaction_mode="create_savepoint"
         )
@@ -63,6 +65,8 @@ class TestBinding:
         if entry is None:
             connection = await self._database.async_engine.connect()
             entry = (connection, await connection.begin())
+            if self._database.outer_begin_is_lazy(is_async=True):
+                await connection.exec_driver_sql("BEGIN")
             self._async[loop] = entry
             guard = self._close_at_loop_shutdown()
             await guard.__anext__()  # the loop now finalizes it in shutdown_asyncgens()
