@@ -28,7 +28,7 @@ except ImportError:  # older Starlette pairs with httpx
 from sqlalchemy import create_engine, insert
 from sqlalchemy.pool import NullPool
 
-from tests.conftest import Backend
+from tests.conftest import SERVERS, Backend
 from tests.models import Item
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def test_100_concurrent_requests_on_a_pool_of_3_all_succeed(server: str, side: s
     assert httpx.get(f"{server}/pool").json() == {"sync": 0, "async": 0}
 
 
-@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("backend", [SERVERS["postgresql"]], indirect=True)
 def test_control_the_hand_written_pattern_starves(server: str) -> None:
     """Proof that the scenario is the real trap: the seed's get_db() loses most requests."""
     outcomes = asyncio.run(_load(f"{server}/handwritten/items", 100))

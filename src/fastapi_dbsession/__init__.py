@@ -4,6 +4,7 @@ import logging
 
 from .decorators import CURRENT_SESSION, transactional
 from .errors import (
+    CommitOutcomeUnknownError,
     ConcurrentSessionUseError,
     ConfigurationError,
     ConnectionDeadlockError,
@@ -19,10 +20,12 @@ from .errors import (
     UnexpectedRollbackError,
 )
 from .manager import DatabaseSessionManager
+from .middleware import ServerTimingMiddleware
 from .propagation import CommitPolicy, Propagation
 
 __all__ = [
     "CURRENT_SESSION",
+    "CommitOutcomeUnknownError",
     "CommitPolicy",
     "ConcurrentSessionUseError",
     "ConfigurationError",
@@ -36,6 +39,7 @@ __all__ = [
     "NoActiveTransactionError",
     "PoolTimeoutError",
     "Propagation",
+    "ServerTimingMiddleware",
     "SessionFinishedError",
     "TransactionExistsError",
     "UnexpectedRollbackError",

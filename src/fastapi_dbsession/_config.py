@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session
 
-from . import _engines, _urls
+from . import _drivers, _engines, _urls
+from ._recording import Observability
 from .errors import ConfigurationError
 from .propagation import CommitPolicy, check_policy, check_statuses
 
@@ -49,6 +50,13 @@ class Config:
     """Whether the lifespan's shutdown disposes the given engines too."""
     commit_statuses: Container[int] | None = None
     """The response statuses whose request transaction commits (None: every status < 400)."""
+    pgbouncer: bool = False
+    """Keep every PostgreSQL driver off server-side prepared statements (PgBouncer)."""
+    unshared_connect_args: tuple[str, ...] = ()
+    """``engine_options['connect_args']`` keys the async side's other driver did not get."""
+    name: str = "default"
+    """The database's name in logs, metrics and engine logging names."""
+    observability: Observability = dataclasses.field(default_factory=Observability)
 
     def with_urls(self, url: URL | None, async_url: URL | None) -> Config:
         """The same configuration on other databases (the testing helpers' test database)."""
@@ -110,13 +118,19 @@ def build_config(
     async_engine: AsyncEngine | None = None,
     dispose_engines: bool = False,
     commit_statuses: Container[int] | None = None,
+    pgbouncer: bool = False,
+    name: str | None = None,
+    record_queries: bool = False,
+    slow_query_threshold: float | None = None,
+    log_query_parameters: bool = False,
 ) -> Config:
     """Check the constructor's arguments and return the frozen configuration.
 
     Raises:
         ConfigurationError: No URL or engine, a malformed URL, options of the wrong type, a
             session class that is not a ``Session``, an unknown commit policy, an engine
-            together with a URL or options for the same side.
+            together with a URL or options for the same side, ``pgbouncer=True`` on another
+            database than PostgreSQL.
     """
     given = _check_engines(engine, async_engine, dispose_engines)
     sync_url, given_async = _pair_urls(url, async_url, required=not given)
@@ -129,26 +143,34 @@ def build_config(
             engine_options=engine_options,
             async_engine_options=async_engine_options,
         )
+    if engine is not None:
+        sync_url = engine.url
+    if async_engine is not None:
+        given_async = async_engine.url
+    # no twin is derived from an engine the user built: its URL may not say how to connect
+    final_url = sync_url if sync_url is not None or given else _derive(given_async, _urls.sync_twin)
+    final_async = (
+        given_async if given_async is not None or given else _derive(sync_url, _urls.async_twin)
+    )
+    if not isinstance(pgbouncer, bool):
+        raise ConfigurationError(f"pgbouncer must be True or False, not {pgbouncer!r}.")
+    if pgbouncer:
+        _drivers.check_pgbouncer((final_url, final_async))
     checked_engine_options = _engines.check_options(engine_options, argument="engine_options")
+    shared_options, unshared = _async_side(checked_engine_options, final_url, final_async)
     session_defaults = _engines.check_options(session_options, argument="session_options")
     if not (isinstance(session_class, type) and issubclass(session_class, Session)):
         raise ConfigurationError(
             f"session_class must be a subclass of sqlalchemy.orm.Session, not {session_class!r}."
         )
-    if engine is not None:
-        sync_url = engine.url
-    if async_engine is not None:
-        given_async = async_engine.url
     config = Config(
-        url=sync_url if sync_url is not None or given else _derive(given_async, _urls.sync_twin),
-        async_url=(
-            given_async if given_async is not None or given else _derive(sync_url, _urls.async_twin)
-        ),
+        url=final_url,
+        async_url=final_async,
         url_given=sync_url is not None,
         async_url_given=given_async is not None,
         engine_options=checked_engine_options,
         async_engine_options=(
-            checked_engine_options
+            shared_options
             if async_engine_options is None
             else _engines.check_options(async_engine_options, argument="async_engine_options")
         ),
@@ -165,6 +187,10 @@ def build_config(
         async_engine=async_engine,
         dispose_engines=dispose_engines,
         commit_statuses=check_statuses(commit_statuses, argument="commit_statuses"),
+        name=_name(name, sync_url or given_async),
+        observability=_observability(record_queries, slow_query_threshold, log_query_parameters),
+        pgbouncer=pgbouncer,
+        unshared_connect_args=unshared if async_engine_options is None else (),
     )
     for side_url, options in (
         (config.url, config.engine_options),
@@ -246,6 +272,59 @@ def _check_sides(
             )
 
 
+def _name(name: str | None, url: URL | None) -> str:
+    """The given name, else the URL's database name (a SQLite file's stem), else "default"."""
+    if name is not None:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigurationError(
+                f'name={name!r} must be a non-empty string, e.g. name="orders": it labels '
+                "this database in logs and metrics."
+            )
+        return name
+    database = None if url is None else url.database
+    if not database or database == ":memory:":
+        return "default"
+    return database.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".db") or "default"
+
+
+def _observability(
+    record_queries: object, slow_query_threshold: object, log_query_parameters: object
+) -> Observability:
+    for argument, flag in (
+        ("record_queries", record_queries),
+        ("log_query_parameters", log_query_parameters),
+    ):
+        if not isinstance(flag, bool):
+            raise ConfigurationError(f"{argument}={flag!r} must be True or False.")
+    if slow_query_threshold is not None and (
+        not isinstance(slow_query_threshold, int | float)
+        or isinstance(slow_query_threshold, bool)
+        or slow_query_threshold < 0
+    ):
+        raise ConfigurationError(
+            f"slow_query_threshold={slow_query_threshold!r} must be a number of seconds >= 0 "
+            "(e.g. 0.5), or None for no slow-query log."
+        )
+    return Observability(
+        record_queries=bool(record_queries),
+        slow_query_threshold=None if slow_query_threshold is None else float(slow_query_threshold),
+        log_query_parameters=bool(log_query_parameters),
+    )
+
+
+def _async_side(
+    options: dict[str, Any], url: URL | None, async_url: URL | None
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``engine_options`` for the async side: without ``connect_args`` of another driver.
+
+    Returns the options and the names of the connect arguments left out.
+    """
+    connect_args = options.get("connect_args")
+    if not connect_args or _drivers.shares_connect_args(url, async_url):
+        return options, ()
+    return {k: v for k, v in options.items() if k != "connect_args"}, tuple(connect_args)
+
+
 def _pair_urls(
     url: str | URL | None, async_url: str | URL | None, *, required: bool = True
 ) -> tuple[URL | None, URL | None]:
@@ -312,6 +391,14 @@ def env_arguments(
     }
     if options:
         arguments["engine_options"] = options
+    if environ.get(prefix + "PGBOUNCER"):
+        try:
+            arguments["pgbouncer"] = parse_bool(environ[prefix + "PGBOUNCER"])
+        except ValueError:
+            raise ConfigurationError(
+                f"Environment variable {prefix}PGBOUNCER={environ[prefix + 'PGBOUNCER']!r} "
+                "is not a valid flag (true/false)."
+            ) from None
     if environ.get(prefix + "COMMIT_POLICY"):
         arguments["commit_policy"] = environ[prefix + "COMMIT_POLICY"]
     arguments.update(overrides)

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from . import _compat, _engines, _urls
 from ._capacity import CapacityGate
 from ._config import Config
+from ._recording import QueryRecorder
 from ._sessions import guarded_async_session_class, guarded_session_class
 from .errors import ConfigurationError, DatabaseUnavailableError
 
@@ -68,6 +69,12 @@ class Database:
         self._gate: CapacityGate | None = None
         self._gate_built = False
         self._binding: Binding | None = None
+        self.recorder: QueryRecorder | None = (
+            QueryRecorder(config.observability, config.name)
+            if config.observability.watches_queries
+            else None
+        )
+        """The statement listeners (None: query recording and the slow-query log are off)."""
 
     def __repr__(self) -> str:
         return f"DatabaseSessionManager({self._config.describe()})"
@@ -102,7 +109,15 @@ class Database:
         if self._config.engine is not None:
             return self._config.engine  # the user's, used as it is
         url = self._require(self._config.url, side="sync")
-        return _engines.create(create_engine, url, self._config.engine_options, side="sync")
+        engine = _engines.create(
+            create_engine,
+            url,
+            self._config.engine_options,
+            side="sync",
+            pgbouncer=self._config.pgbouncer,
+        )
+        self._engine_created(engine)
+        return engine
 
     def _create_async_engine(self) -> AsyncEngine:
         if self._config.async_engine is not None:
@@ -110,8 +125,24 @@ class Database:
         url = self._require(self._config.async_url, side="async")
         create_async_engine = _compat.require_asyncio().create_async_engine
         options = self._config.async_engine_options
-        engine: AsyncEngine = _engines.create(create_async_engine, url, options, side="async")
+        if self._config.unshared_connect_args:
+            logger.warning(
+                "engine_options['connect_args'] (%s) are for %s and were not given to the %s "
+                "async engine: pass the async driver's own in async_engine_options",
+                ", ".join(self._config.unshared_connect_args),
+                self._config.url.get_driver_name() if self._config.url else "the sync driver",
+                url.get_driver_name(),
+            )
+        engine: AsyncEngine = _engines.create(
+            create_async_engine, url, options, side="async", pgbouncer=self._config.pgbouncer
+        )
+        self._engine_created(engine.sync_engine)
         return engine
+
+    def _engine_created(self, engine: Engine) -> None:
+        """Install what watches a new engine (the sync one, or an async engine's sync one)."""
+        if self.recorder is not None:
+            self.recorder.install(engine)
 
     def _require(self, url: URL | None, *, side: str) -> URL:
         if url is not None:
@@ -287,6 +318,8 @@ class Database:
         try:
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
+        except DatabaseUnavailableError:
+            raise
         except Exception as exc:
             raise _unavailable(engine.url, exc) from exc
 
@@ -296,6 +329,8 @@ class Database:
         try:
             async with engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
+        except DatabaseUnavailableError:
+            raise
         except Exception as exc:
             raise _unavailable(engine.url, exc) from exc
 
@@ -330,7 +365,7 @@ def _dispose_outside_loop(engine: AsyncEngine) -> None:
 
 
 def _unavailable(url: URL, exc: BaseException) -> DatabaseUnavailableError:
-    reason = _urls.mask_text(str(getattr(exc, "orig", None) or exc)).strip().splitlines()
+    reason = _urls.mask_text(str(getattr(exc, "orig", None) or exc), url).strip().splitlines()
     return DatabaseUnavailableError(
         f"Cannot reach the database at {_urls.render(url)} at startup: "
         f"{type(exc).__name__}: {reason[0] if reason else ''}. Check that the server is "

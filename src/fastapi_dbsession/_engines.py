@@ -13,8 +13,8 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
 
-from . import _liveness, _urls
-from .errors import ConfigurationError, MissingDriverError
+from . import _drivers, _liveness, _urls
+from .errors import ConfigurationError, DatabaseUnavailableError, MissingDriverError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -75,10 +75,16 @@ def check_options(options: object, *, argument: str) -> dict[str, Any]:
     return checked
 
 
-def engine_options(url: URL, user_options: Mapping[str, Any], *, is_async: bool) -> dict[str, Any]:
-    """Merge the safe defaults for ``url``'s backend under the user's options."""
+def engine_options(
+    url: URL, user_options: Mapping[str, Any], *, is_async: bool, pgbouncer: bool = False
+) -> dict[str, Any]:
+    """Merge the safe defaults for ``url``'s backend and driver under the user's options.
+
+    ``connect_args``, lowest first: the backend's defaults, the PgBouncer preset, the URL's
+    numeric query parameters converted, the user's ``connect_args``.
+    """
     options: dict[str, Any] = {}
-    connect_args: dict[str, Any] = {}
+    connect_args: dict[str, Any] = _drivers.connect_defaults(url, pgbouncer=pgbouncer)
     if url.get_backend_name() == "sqlite":
         connect_args["check_same_thread"] = False
         if _urls.is_sqlite_memory(url):
@@ -125,12 +131,18 @@ def sqlite_pragmas(url: URL, user_options: Mapping[str, Any]) -> list[str]:
 
 
 def create(
-    factory: Callable[..., _E], url: URL, user_options: Mapping[str, Any], *, side: str
+    factory: Callable[..., _E],
+    url: URL,
+    user_options: Mapping[str, Any],
+    *,
+    side: str,
+    pgbouncer: bool = False,
 ) -> _E:
     """Call ``create_engine`` / ``create_async_engine`` and explain what can go wrong."""
     shown = _urls.render(url)
+    options = engine_options(url, user_options, is_async=side == "async", pgbouncer=pgbouncer)
     try:
-        engine = factory(url, **engine_options(url, user_options, is_async=side == "async"))
+        engine = factory(url, **options)
     except ModuleNotFoundError as exc:
         raise MissingDriverError(
             f"The {side} engine for {shown} needs the Python module {exc.name!r}, which is "
@@ -144,17 +156,18 @@ def create(
         ) from None
     except InvalidRequestError as exc:
         raise ConfigurationError(
-            f"Cannot build the {side} engine for {shown}: {_urls.mask_text(str(exc))}. "
+            f"Cannot build the {side} engine for {shown}: {_urls.mask_text(str(exc), url)}. "
             "Pass sync URLs as url= and asyncio URLs (asyncpg, aiosqlite, aiomysql, psycopg) "
             "as async_url=."
         ) from None
     except (TypeError, ArgumentError) as exc:
         raise ConfigurationError(
-            f"Invalid engine options for {shown}: {_urls.mask_text(str(exc))}. Check the "
+            f"Invalid engine options for {shown}: {_urls.mask_text(str(exc), url)}. Check the "
             "keys of engine_options / async_engine_options against create_engine()'s "
             "arguments."
         ) from None
     sync_engine: Engine = getattr(engine, "sync_engine", engine)  # type: ignore[arg-type]
+    _explain_connect_errors(sync_engine, url)
     if url.get_backend_name() == "sqlite":
         _sqlite_transactions(
             sync_engine,
@@ -165,6 +178,64 @@ def create(
         _liveness.install(sync_engine)
     logger.info("created %s engine for %s", side, shown)
     return engine
+
+
+def _explain_connect_errors(engine: Engine, url: URL) -> None:
+    """Make a failed connect raise our error, naming host:port with the password masked.
+
+    Wraps the dialect's ``connect()`` (the pool calls it only to open a new connection, after
+    any ``do_connect`` listeners, so pooled checkouts pay nothing). The driver's exception
+    stays attached as ``__cause__``. Bad connect arguments (``TypeError``, ``ValueError``, the
+    driver's ``ProgrammingError``) raise ``ConfigurationError``; anything else (refused, DNS,
+    timeout, authentication, unknown database) ``DatabaseUnavailableError``.
+    """
+    dialect = engine.dialect
+    connect = dialect.connect
+    misconfigured: tuple[type[BaseException], ...] = (TypeError, ValueError)
+    programming = getattr(dialect.loaded_dbapi, "ProgrammingError", None)
+    if isinstance(programming, type) and issubclass(programming, BaseException):
+        misconfigured += (programming,)
+
+    def explained_connect(*cargs: Any, **cparams: Any) -> DBAPIConnection:
+        try:
+            return connect(*cargs, **cparams)
+        except misconfigured as exc:
+            raise ConfigurationError(
+                f"The driver refused the connection arguments for {_urls.render(url)}: "
+                f"{_reason(exc, url)}. Check the URL's query parameters and connect_args "
+                "in engine_options against the driver's connect() arguments."
+            ) from exc
+        except Exception as exc:
+            raise DatabaseUnavailableError(
+                f"Cannot reach the database at {_address(url)} ({_urls.render(url)}): "
+                f"{_reason(exc, url)}. Check that the server is running and reachable, and "
+                "that the host, port, user, password and database name are right. "
+                "FastAPI(lifespan=db.lifespan) checks this once at startup."
+            ) from exc
+
+    dialect.connect = explained_connect  # type: ignore[method-assign]
+
+
+def _address(url: URL) -> str:
+    """``host:port`` of ``url`` (the backend's default port when none is given)."""
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    hosts = url.query.get("host")
+    if url.host is None and hosts:
+        return ", ".join((hosts,) if isinstance(hosts, str) else hosts)
+    port = url.port or _DEFAULT_PORTS.get(url.get_backend_name())
+    host = url.host or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port else host
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+
+
+def _reason(exc: BaseException, url: URL) -> str:
+    """The first line of a driver's error, its secrets masked."""
+    lines = _urls.mask_text(str(exc), url).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 def lacks_explicit_begin(engine: Engine) -> bool:

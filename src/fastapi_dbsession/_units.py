@@ -23,6 +23,7 @@ from sqlalchemy.util import await_only, greenlet_spawn
 from ._compat import warn
 from ._frames import Frame, Hook, Root, active_frame, describe, frame_of_session, hooks_owner
 from ._frames import sync_view as _sync_view
+from ._outcome import commit
 from ._sessions import (
     ENDED_MESSAGE,
     FINISHED,
@@ -469,7 +470,7 @@ _SHARED_STEPS: Mapping[type, Callable[[Any], object]] = {
     ),
     Execute: lambda step: _sync_view(step.session).execute(text(step.sql)),
     BeginNested: lambda step: _sync_view(step.session).begin_nested(),
-    Commit: lambda step: _sync_view(step.target).commit(),
+    Commit: lambda step: commit(_sync_view(step.target)),  # a lost connection: outcome unknown
     Rollback: lambda step: _sync_view(step.target).rollback(),
     Close: lambda step: _sync_view(step.session).close(),
     Finish: _finish,

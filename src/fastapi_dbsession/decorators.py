@@ -6,7 +6,9 @@ import asyncio
 import functools
 import inspect
 import itertools
+import logging
 import re
+import threading
 import time
 import typing
 from collections.abc import Callable, Sequence
@@ -17,13 +19,15 @@ from typing_extensions import ParamSpec
 from ._frames import async_frames, sync_frames
 from ._units import async_drive, drive, unit_flow
 from .errors import ConfigurationError
-from .propagation import Propagation, UnitOptions, make_options, retry_delay
+from .propagation import Propagation, UnitOptions, make_options, plan_retry
 
 if TYPE_CHECKING:
     from ._database import Database
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+retry_logger = logging.getLogger("fastapi_dbsession.retries")
 
 _SESSION_ANNOTATION = re.compile(r"\b(Async)?Session\b")
 
@@ -61,6 +65,7 @@ def transactional(
     durable: bool = ...,
     retries: int = ...,
     retry_on_lock_timeout: bool = ...,
+    retry_deadline: float | None = ...,
     rollback_on: Sequence[type[BaseException]] = ...,
     no_rollback_on: Sequence[type[BaseException]] = ...,
 ) -> TransactionalDecorator: ...
@@ -75,6 +80,7 @@ def transactional(
     durable: bool = False,
     retries: int = 0,
     retry_on_lock_timeout: bool = False,
+    retry_deadline: float | None = None,
     rollback_on: Sequence[type[BaseException]] = (),
     no_rollback_on: Sequence[type[BaseException]] = (),
 ) -> Any:
@@ -96,8 +102,10 @@ def transactional(
         durable: The unit must be the outermost transaction (raises inside another).
         retries: Re-run the whole function up to this many times when it fails with a
             serialization failure or a deadlock, with jittered exponential backoff. Only at
-            the outermost boundary.
+            the outermost boundary. Each retry is logged (logger ``fastapi_dbsession.retries``).
         retry_on_lock_timeout: Also retry MySQL/MariaDB lock wait timeouts (error 1205).
+        retry_deadline: Seconds, from the first attempt, after which no retry starts: the
+            error of the last attempt is raised instead.
         rollback_on: Exception types that roll back even if ``no_rollback_on`` matches a base.
         no_rollback_on: Exception types that commit (then propagate) instead of rolling back.
 
@@ -154,6 +162,7 @@ def decorate(
         @functools.wraps(func)
         async def async_unit(*args: Any, **kwargs: Any) -> Any:
             passed = argument.passed(args, kwargs)
+            started = time.monotonic()
             for attempt in itertools.count(1):
                 flow = unit_flow(
                     database, async_frames, options, passed_session=passed, is_async=True
@@ -167,7 +176,7 @@ def decorate(
                 try:
                     await async_drive(flow, error=outcome)
                 except BaseException as final:
-                    delay = retry_delay(final, attempt, options)
+                    delay = _next_delay(func, final, attempt, options, started)
                     if delay is None:
                         raise
                     await asyncio.sleep(delay)
@@ -180,6 +189,7 @@ def decorate(
     @functools.wraps(func)
     def unit(*args: Any, **kwargs: Any) -> Any:
         passed = argument.passed(args, kwargs)
+        started = time.monotonic()
         for attempt in itertools.count(1):
             flow = unit_flow(database, sync_frames, options, passed_session=passed, is_async=False)
             session = drive(flow)
@@ -191,7 +201,7 @@ def decorate(
             try:
                 drive(flow, error=outcome)
             except BaseException as final:
-                delay = retry_delay(final, attempt, options)
+                delay = _next_delay(func, final, attempt, options, started)
                 if delay is None:
                     raise
                 time.sleep(delay)
@@ -200,6 +210,85 @@ def decorate(
         raise AssertionError("unreachable")
 
     return unit
+
+
+class RetrySwitch:
+    """Whether ``retries=N`` re-runs units at all: on, unless a test switched it off.
+
+    Process-wide (worker threads and event loops included) and nestable: retries stay off
+    until every ``off()`` block has ended.
+    """
+
+    __slots__ = ("_lock", "_offs")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._offs = 0
+
+    @property
+    def enabled(self) -> bool:
+        """False while a block switched retries off."""
+        return self._offs == 0
+
+    def switch_off(self) -> None:
+        """Raise serialization failures and deadlocks at once (tests); see :meth:`switch_on`."""
+        with self._lock:
+            self._offs += 1
+
+    def switch_on(self) -> None:
+        """End one :meth:`switch_off`."""
+        with self._lock:
+            self._offs = max(0, self._offs - 1)
+
+
+RETRIES = RetrySwitch()
+
+
+def _next_delay(
+    func: Callable[..., Any],
+    error: BaseException,
+    attempt: int,
+    options: UnitOptions,
+    started: float,
+) -> float | None:
+    """Seconds to wait before re-running ``func``, or None to raise ``error``; logs retries."""
+    decision = plan_retry(
+        error, attempt, options, elapsed=time.monotonic() - started, enabled=RETRIES.enabled
+    )
+    cause = decision.cause
+    if cause is None:
+        return None
+    code = "" if cause.code is None else f", error {cause.code}"
+    fields = {
+        "unit": func.__qualname__,
+        "attempt": attempt,
+        "sqlstate": cause.sqlstate,
+        "retry_delay": decision.delay,
+    }
+    if decision.delay is None:
+        retry_logger.warning(
+            "%s: attempt %d failed with %s (SQLSTATE %s%s); not retried: %s",
+            func.__qualname__,
+            attempt,
+            cause.kind,
+            cause.sqlstate,
+            code,
+            decision.given_up,
+            extra=fields,
+        )
+        return None
+    retry_logger.warning(
+        "%s: attempt %d of %d failed with %s (SQLSTATE %s%s); retrying in %.3fs",
+        func.__qualname__,
+        attempt,
+        options.retries + 1,
+        cause.kind,
+        cause.sqlstate,
+        code,
+        decision.delay,
+        extra=fields,
+    )
+    return decision.delay
 
 
 class _SessionArgument:

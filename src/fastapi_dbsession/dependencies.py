@@ -25,6 +25,7 @@ from starlette.requests import HTTPConnection
 from ._capacity import CapacityGate
 from ._database import Database
 from ._frames import Frame, Root, frames_of, sync_view
+from ._recording import QueryStats, request_label
 from ._sessions import has_work, is_busy
 from ._units import async_drive, drive, finish_root
 from .errors import PoolTimeoutError
@@ -97,6 +98,15 @@ def _status(connection: HTTPConnection, response: Response) -> int | None:
     return declared if isinstance(declared, int) else None
 
 
+_Opened = tuple[
+    Any,
+    Frame,
+    "Token[Frame | None]",
+    CapacityGate | None,
+    "tuple[QueryStats, Token[QueryStats | None]] | None",
+]
+
+
 class _RequestUnit:
     """Open and end the request transaction of one database, for one side (sync or async).
 
@@ -110,7 +120,7 @@ class _RequestUnit:
         self.is_async = is_async
         self.frames = frames_of(is_async=is_async)
 
-    async def open(self) -> tuple[Any, Frame, Token[Frame | None], CapacityGate | None]:
+    async def open(self, connection: HTTPConnection) -> _Opened:
         """Take a pool permit (sync), make the session and make it the context's unit."""
         database = self.database
         gate = None if self.is_async else database.capacity_gate()
@@ -131,17 +141,20 @@ class _RequestUnit:
             root=Root(session=session, owns_session=True, is_request=True),
             parent=self.frames.get(),
         )
-        return session, frame, self.frames.set(frame), gate
+        recording = None
+        if database.recorder is not None:
+            recording = database.recorder.start(_label(connection), connection.scope)
+        return session, frame, self.frames.set(frame), gate, recording
 
     async def end(
         self,
-        opened: tuple[Any, Frame, Token[Frame | None], CapacityGate | None],
+        opened: _Opened,
         connection: HTTPConnection,
         response: Response,
         error: BaseException | None,
     ) -> None:
         """Commit or roll back (by the route's policy and what happened), close, run hooks."""
-        _, frame, token, gate = opened
+        _, frame, token, gate, recording = opened
         try:
             policy, statuses = _route_rule(connection, self.database)
             status = _status(connection, response)
@@ -153,6 +166,17 @@ class _RequestUnit:
             self.frames.reset(token)
             if gate is not None:
                 gate.release()
+            if recording is not None:
+                assert self.database.recorder is not None
+                self.database.recorder.stop(*recording)
+
+
+def _label(connection: HTTPConnection) -> str:
+    """``GET /items/{item_id}``: the request's method and route, for logs."""
+    scope = connection.scope
+    return request_label(
+        scope.get("method"), getattr(scope.get("route"), "path", None), scope["path"]
+    )
 
 
 def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., Awaitable[Any]]:
@@ -170,7 +194,7 @@ def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., 
 
     async def request_session(connection: HTTPConnection, response: Response) -> Any:
         stack: AsyncExitStack = connection.scope[FUNCTION_STACK_KEY]
-        opened = await unit.open()
+        opened = await unit.open(connection)
 
         async def end(
             kind: type[BaseException] | None, error: BaseException | None, traceback: object
@@ -190,7 +214,7 @@ def _nested_dependency(unit: _RequestUnit) -> Callable[..., Awaitable[Any]]:
     async def request_session_scope(
         connection: HTTPConnection, response: Response
     ) -> AsyncIterator[Any]:
-        opened = await unit.open()
+        opened = await unit.open(connection)
         try:
             yield opened[0]
         except BaseException as error:

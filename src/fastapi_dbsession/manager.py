@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 from . import _config, decorators, dependencies, transactions
 from ._database import Database
 from ._facets.context import ContextFacet
+from ._facets.observability import ObservabilityFacet
 from .decorators import P, R, TransactionalDecorator
 from .errors import DBSessionWarning
 from .propagation import CommitPolicy, Propagation, check_policy, check_statuses, make_options
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 
-class DatabaseSessionManager(ContextFacet):
+class DatabaseSessionManager(ContextFacet, ObservabilityFacet):
     """Own the engines and sessions of one database for a FastAPI app.
 
     Build one per database at import time, hand ``db.lifespan`` to FastAPI, and ask for the
@@ -38,7 +39,9 @@ class DatabaseSessionManager(ContextFacet):
         engine_options: ``create_engine`` arguments over the safe defaults (servers: a
             liveness check at checkout without a round trip, ``pool_pre_ping`` True/False to
             replace it; SQLite: ``check_same_thread=False``, ``StaticPool`` for ``:memory:``).
-        async_engine_options: The same for ``create_async_engine`` (default: ``engine_options``).
+        async_engine_options: The same for ``create_async_engine`` (default: ``engine_options``,
+            without its ``connect_args`` when the async driver is another library, e.g.
+            psycopg and asyncpg).
         session_options: Keyword arguments for the sessionmakers (both sides).
         async_session_options: Async sessionmaker overrides (default ``expire_on_commit=False``).
         session_class: The sync session class, e.g. ``sqlmodel.Session``.
@@ -52,6 +55,17 @@ class DatabaseSessionManager(ContextFacet):
         async_engine: The same for the async side, instead of ``async_url``.
         dispose_engines: Let the lifespan's shutdown dispose the given engines too (by
             default they are yours: only ``db.dispose()`` disposes them).
+        name: This database's name in log lines and metrics (default: the URL's database
+            name, a SQLite file's stem, else ``"default"``).
+        record_queries: Count and time each request's SQL statements and log one line per
+            request (logger ``fastapi_dbsession.queries``); ``ServerTimingMiddleware`` puts
+            the figures in a ``Server-Timing`` header. Off: no listener is installed.
+        slow_query_threshold: Log statements taking at least this many seconds, with the
+            code location that issued them (logger ``fastapi_dbsession.slow_queries``).
+        log_query_parameters: Show slow statements' parameters (hidden by default).
+        pgbouncer: The database is reached through PgBouncer in transaction (or statement)
+            pooling mode: every PostgreSQL driver is kept off server-side prepared statements
+            (see docs/scaling.md).
 
     Raises:
         ConfigurationError: No URL or engine, a malformed URL, options of the wrong type,
@@ -80,6 +94,11 @@ class DatabaseSessionManager(ContextFacet):
         engine: Engine | None = None,
         async_engine: AsyncEngine | None = None,
         dispose_engines: bool = False,
+        name: str | None = None,
+        record_queries: bool = False,
+        slow_query_threshold: float | None = None,
+        log_query_parameters: bool = False,
+        pgbouncer: bool = False,
     ) -> None:
         config = _config.build_config(**_arguments(locals()))
         self._database = Database(config)  # the one seam fastapi_dbsession.testing uses
@@ -98,7 +117,8 @@ class DatabaseSessionManager(ContextFacet):
         """Build a manager from environment variables.
 
         Reads ``{prefix}`` + ``URL``, ``ASYNC_URL``, ``POOL_SIZE``, ``MAX_OVERFLOW``,
-        ``POOL_TIMEOUT``, ``POOL_RECYCLE``, ``POOL_PRE_PING``, ``ECHO``, ``COMMIT_POLICY``.
+        ``POOL_TIMEOUT``, ``POOL_RECYCLE``, ``POOL_PRE_PING``, ``ECHO``, ``COMMIT_POLICY``,
+        ``PGBOUNCER``.
 
         Args:
             prefix: Prefix of the variable names.
@@ -213,6 +233,7 @@ class DatabaseSessionManager(ContextFacet):
         durable: bool = ...,
         retries: int = ...,
         retry_on_lock_timeout: bool = ...,
+        retry_deadline: float | None = ...,
         rollback_on: Sequence[type[BaseException]] = ...,
         no_rollback_on: Sequence[type[BaseException]] = ...,
     ) -> TransactionalDecorator: ...

@@ -11,9 +11,14 @@ import enum
 import random
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from .errors import ConfigurationError, NoActiveTransactionError, TransactionExistsError
+from .errors import (
+    CommitOutcomeUnknownError,
+    ConfigurationError,
+    NoActiveTransactionError,
+    TransactionExistsError,
+)
 
 
 class Propagation(enum.Enum):
@@ -49,6 +54,7 @@ class UnitOptions:
     durable: bool = False
     retries: int = 0
     retry_on_lock_timeout: bool = False
+    retry_deadline: float | None = None
     rollback_on: Sequence[type[BaseException]] = ()
     no_rollback_on: Sequence[type[BaseException]] = ()
 
@@ -67,6 +73,7 @@ def make_options(
     durable: bool = False,
     retries: int = 0,
     retry_on_lock_timeout: bool = False,
+    retry_deadline: float | None = None,
     rollback_on: Sequence[type[BaseException]] = (),
     no_rollback_on: Sequence[type[BaseException]] = (),
 ) -> UnitOptions:
@@ -82,8 +89,16 @@ def make_options(
         )
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ConfigurationError(f"retries={retries!r} must be a whole number >= 0.")
-    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-        raise ConfigurationError(f"timeout={timeout!r} must be a number of seconds > 0.")
+    for name, seconds in (("timeout", timeout), ("retry_deadline", retry_deadline)):
+        if seconds is not None and (
+            not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0
+        ):
+            raise ConfigurationError(f"{name}={seconds!r} must be a number of seconds > 0.")
+    if retry_deadline is not None and not retries:
+        raise ConfigurationError(
+            f"retry_deadline={retry_deadline!r} bounds the time spent retrying, but retries is "
+            "0, so nothing is retried. Set retries=N too, e.g. retries=5, retry_deadline=2.0."
+        )
     for name, types in (("rollback_on", rollback_on), ("no_rollback_on", no_rollback_on)):
         if isinstance(types, type) or not all(
             isinstance(kind, type) and issubclass(kind, BaseException) for kind in types
@@ -99,6 +114,7 @@ def make_options(
         durable=durable,
         retries=retries,
         retry_on_lock_timeout=retry_on_lock_timeout,
+        retry_deadline=retry_deadline,
         rollback_on=tuple(rollback_on),
         no_rollback_on=tuple(no_rollback_on),
     )
@@ -295,8 +311,26 @@ _MYSQL_DEADLOCK = 1213
 _MYSQL_LOCK_WAIT_TIMEOUT = 1205
 
 
-def is_retryable(error: BaseException, *, lock_timeouts: bool = False) -> bool:
-    """Tell whether ``error`` is a serialization failure or a deadlock.
+class RetryCause(NamedTuple):
+    """Why an error is worth re-running a unit for: the SQLSTATE, and the server's error code."""
+
+    sqlstate: str
+    """``40001`` (serialization failure, and MySQL/MariaDB deadlocks), ``40P01``, ``HY000``."""
+    kind: str
+    """``"serialization failure"``, ``"deadlock"`` or ``"lock wait timeout"``."""
+    code: int | None = None
+    """The MySQL/MariaDB error number (1213, 1205); None on PostgreSQL."""
+
+
+_POSTGRES_CAUSES = {"40001": "serialization failure", "40P01": "deadlock"}
+_MYSQL_CAUSES = {
+    _MYSQL_DEADLOCK: ("40001", "deadlock"),
+    _MYSQL_LOCK_WAIT_TIMEOUT: ("HY000", "lock wait timeout"),
+}
+
+
+def retry_cause(error: BaseException, *, lock_timeouts: bool = False) -> RetryCause | None:
+    """Tell whether ``error`` is a serialization failure or a deadlock, and which.
 
     Reads the SQLSTATE or error number, not the class: asyncpg's serialization failure
     reaches SQLAlchemy as a generic ``DBAPIError``.
@@ -305,6 +339,8 @@ def is_retryable(error: BaseException, *, lock_timeouts: bool = False) -> bool:
         error: The exception raised by the unit of work.
         lock_timeouts: Also retry MySQL/MariaDB lock wait timeouts (1205).
     """
+    if isinstance(error, CommitOutcomeUnknownError):  # it may have committed: never re-run
+        return None
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -312,17 +348,23 @@ def is_retryable(error: BaseException, *, lock_timeouts: bool = False) -> bool:
         for candidate in (current, getattr(current, "orig", None)):
             if candidate is None:
                 continue
-            state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
-            if state in _RETRYABLE_SQLSTATES:
-                return True
-            args = getattr(candidate, "args", ())
+            args = getattr(candidate, "args", ())  # MySQL/MariaDB: (error number, message)
             if args and isinstance(args[0], int) and not isinstance(args[0], bool):
-                if args[0] == _MYSQL_DEADLOCK:
-                    return True
-                if lock_timeouts and args[0] == _MYSQL_LOCK_WAIT_TIMEOUT:
-                    return True
+                code = args[0]
+                if code == _MYSQL_DEADLOCK or (lock_timeouts and code == _MYSQL_LOCK_WAIT_TIMEOUT):
+                    sqlstate, kind = _MYSQL_CAUSES[code]
+                    return RetryCause(sqlstate, kind, code)
+                continue
+            state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+            if state in _POSTGRES_CAUSES:
+                return RetryCause(state, _POSTGRES_CAUSES[state])
         current = current.__cause__ or current.__context__
-    return False
+    return None
+
+
+def is_retryable(error: BaseException, *, lock_timeouts: bool = False) -> bool:
+    """Tell whether ``error`` is a serialization failure or a deadlock (see :func:`retry_cause`)."""
+    return retry_cause(error, lock_timeouts=lock_timeouts) is not None
 
 
 def backoff_delay(attempt: int, *, base: float = 0.02, cap: float = 1.0) -> float:
@@ -331,16 +373,45 @@ def backoff_delay(attempt: int, *, base: float = 0.02, cap: float = 1.0) -> floa
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-def retry_delay(error: BaseException, attempt: int, options: UnitOptions) -> float | None:
-    """Seconds to wait before re-running a unit that failed with ``error``, or None to give up.
+class RetryDecision(NamedTuple):
+    """What to do after a unit's attempt failed: wait ``delay`` seconds and re-run, or not."""
+
+    delay: float | None
+    """Seconds to wait before the next attempt; None: give up and raise the error."""
+    cause: RetryCause | None
+    """Why the error was retryable; None: it is not, and nothing is logged."""
+    given_up: str | None = None
+    """Why a retryable error is not retried: ``"retries exhausted"``, ``"deadline"``, ``"off"``."""
+
+
+def plan_retry(
+    error: BaseException,
+    attempt: int,
+    options: UnitOptions,
+    *,
+    elapsed: float,
+    enabled: bool = True,
+) -> RetryDecision:
+    """Decide whether to re-run a unit that failed with ``error``; no I/O.
 
     Args:
         error: What the attempt raised (after its transaction was rolled back).
         attempt: The attempt that failed, 1-based.
-        options: The unit's ``retries`` and ``retry_on_lock_timeout``.
+        options: The unit's ``retries``, ``retry_on_lock_timeout`` and ``retry_deadline``.
+        elapsed: Seconds since the first attempt began.
+        enabled: False while retries are switched off (tests): a retryable error is raised.
     """
+    if not options.retries:
+        return RetryDecision(None, None)
+    cause = retry_cause(error, lock_timeouts=options.retry_on_lock_timeout)
+    if cause is None:
+        return RetryDecision(None, None)
+    if not enabled:
+        return RetryDecision(None, cause, "retries are switched off")
     if attempt > options.retries:
-        return None
-    if not is_retryable(error, lock_timeouts=options.retry_on_lock_timeout):
-        return None
-    return backoff_delay(attempt)
+        return RetryDecision(None, cause, f"retries={options.retries} exhausted")
+    delay = backoff_delay(attempt)
+    deadline = options.retry_deadline
+    if deadline is not None and elapsed + delay > deadline:
+        return RetryDecision(None, cause, f"retry_deadline={deadline:g}s reached")
+    return RetryDecision(delay, cause)

@@ -14,6 +14,7 @@ from ._databases import (
 )
 from ._isolation import isolated, override_dependency
 from ._queries import QueryCount, assert_max_queries, count_queries
+from ._retries import retries_disabled
 
 __all__ = [
     "EngineSwap",
@@ -25,6 +26,7 @@ __all__ = [
     "drop_test_database",
     "isolated",
     "override_dependency",
+    "retries_disabled",
     "use_database",
     "use_engine",
 ]

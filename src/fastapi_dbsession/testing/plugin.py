@@ -41,6 +41,7 @@ from fastapi_dbsession.testing._isolation import isolated
 from fastapi_dbsession.testing._queries import QueryCount
 from fastapi_dbsession.testing._queries import assert_max_queries as _assert_max_queries
 from fastapi_dbsession.testing._queries import count_queries as _count_queries
+from fastapi_dbsession.testing._retries import retries_disabled
 from fastapi_dbsession.testing._seam import database_of
 
 if TYPE_CHECKING:
@@ -188,6 +189,13 @@ def assert_max_queries(
 ) -> Callable[[int], AbstractContextManager[QueryCount]]:
     """``with assert_max_queries(2): ...`` fails, listing the SQL, when more statements run."""
     return lambda limit: _assert_max_queries(dbsession_manager, limit)
+
+
+@pytest.fixture
+def db_no_retries() -> Iterator[None]:
+    """Switch ``@transactional(retries=N)`` off for the test: conflicts raise at once."""
+    with retries_disabled():
+        yield
 
 
 # -- opt-in leak check ---------------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""Per-driver connect arguments: URL query numbers, options per side, the PgBouncer switch.
+
+Each test connects for real (a throwaway cluster from the harness): the failures these guard
+against only show at connect time (asyncpg's ``TypeError`` for a psycopg argument, a string
+cache size compared with a number).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from sqlalchemy import text
+
+from fastapi_dbsession import ConfigurationError, DatabaseSessionManager
+from tests.clusters import Cluster
+
+ASYNCIO = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+
+PROBE = "SELECT current_setting('application_name')"
+
+
+@pytest.mark.topology
+@pytest.mark.anyio
+@ASYNCIO
+async def test_psycopg_connect_args_stay_on_the_sync_side_of_an_asyncpg_twin(
+    pg_primary: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = DatabaseSessionManager(
+        pg_primary.url("psycopg"),
+        async_url=pg_primary.url("asyncpg"),
+        engine_options={"pool_size": 3, "connect_args": {"application_name": "sync-side"}},
+    )
+    try:
+        with db.engine.connect() as connection:
+            assert connection.scalar(text(PROBE)) == "sync-side"
+        with caplog.at_level(logging.WARNING, logger="fastapi_dbsession"):
+            async with db.async_engine.connect() as connection:  # no TypeError from asyncpg
+                assert await connection.scalar(text("SELECT 1")) == 1
+        assert db.async_engine.pool.size() == 3  # the pool options are still shared
+        assert "application_name" in caplog.text
+        assert "async_engine_options" in caplog.text
+    finally:
+        db.dispose()
+        await db.async_dispose()
+
+
+@pytest.mark.topology
+@pytest.mark.anyio
+@ASYNCIO
+async def test_psycopg_connect_args_serve_its_own_async_twin(pg_primary: Cluster) -> None:
+    db = DatabaseSessionManager(
+        pg_primary.url("psycopg"), engine_options={"connect_args": {"application_name": "both"}}
+    )
+    try:
+        async with db.async_engine.connect() as connection:
+            assert await connection.scalar(text(PROBE)) == "both"
+    finally:
+        await db.async_dispose()
+
+
+@pytest.mark.topology
+@pytest.mark.anyio
+@ASYNCIO
+async def test_async_engine_options_give_the_async_driver_its_own_connect_args(
+    pg_primary: Cluster,
+) -> None:
+    db = DatabaseSessionManager(
+        pg_primary.url("psycopg"),
+        async_url=pg_primary.url("asyncpg"),
+        engine_options={"connect_args": {"application_name": "sync-side"}},
+        async_engine_options={"connect_args": {"server_settings": {"application_name": "a"}}},
+    )
+    try:
+        async with db.async_engine.connect() as connection:
+            assert await connection.scalar(text(PROBE)) == "a"
+    finally:
+        await db.async_dispose()
+
+
+@pytest.mark.topology
+@pytest.mark.anyio
+@ASYNCIO
+@pytest.mark.parametrize(
+    ("driver", "query", "setting"),
+    [
+        ("asyncpg", {"statement_cache_size": "0"}, None),  # a string: TypeError at connect
+        ("asyncpg", {"prepared_statement_cache_size": "0"}, None),
+        ("asyncpg", {"command_timeout": "5"}, None),
+        ("psycopg", {"prepare_threshold": "none"}, ("prepare_threshold", None)),
+        ("psycopg", {"prepare_threshold": "3"}, ("prepare_threshold", 3)),
+    ],
+)
+async def test_numbers_in_the_url_query_reach_the_driver_as_numbers(
+    pg_primary: Cluster, driver: str, query: dict[str, str], setting: tuple[str, object] | None
+) -> None:
+    url = pg_primary.url(driver, **query)
+    db = DatabaseSessionManager(async_url=url)
+    try:
+        async with db.async_engine.connect() as connection:
+            for _ in range(5):  # past psycopg's prepare threshold
+                assert await connection.scalar(text("SELECT 1")) == 1
+            raw = await connection.get_raw_connection()
+            driver_connection = raw.driver_connection
+            if setting is not None:
+                assert getattr(driver_connection, setting[0]) == setting[1]
+    finally:
+        await db.async_dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("postgresql+asyncpg://app@db/app?statement_cache_size=off", "statement_cache_size"),
+        ("postgresql+psycopg://app:s3cret@db/app?prepare_threshold=never", "prepare_threshold"),
+    ],
+)
+def test_a_url_query_number_that_does_not_parse_is_our_error(url: str, named: str) -> None:
+    db = DatabaseSessionManager(async_url=url)
+    with pytest.raises(ConfigurationError, match=named) as caught:
+        _ = db.async_engine
+    assert "s3cret" not in str(caught.value)
+    assert "engine_options" in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["sqlite:///./app.db", "mysql+pymysql://root@db/app"])
+def test_pgbouncer_on_another_database_is_refused(url: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"pgbouncer=True is for PostgreSQL"):
+        DatabaseSessionManager(url, pgbouncer=True)
+
+
+@pytest.mark.topology
+def test_pgbouncer_from_the_environment(
+    pg_primary: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", pg_primary.url("psycopg").render_as_string())
+    monkeypatch.setenv("DATABASE_PGBOUNCER", "true")
+    db = DatabaseSessionManager.from_env()
+    try:
+        with db.engine.connect() as connection:
+            raw = connection.connection.driver_connection
+            assert raw.prepare_threshold is None  # type: ignore[union-attr]
+    finally:
+        db.dispose()
+    monkeypatch.setenv("DATABASE_PGBOUNCER", "maybe")
+    with pytest.raises(ConfigurationError, match="DATABASE_PGBOUNCER"):
+        DatabaseSessionManager.from_env()
