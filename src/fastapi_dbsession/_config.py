@@ -123,6 +123,7 @@ def build_config(
     record_queries: bool = False,
     slow_query_threshold: float | None = None,
     log_query_parameters: bool = False,
+    hold_warning_threshold: float | None = None,
 ) -> Config:
     """Check the constructor's arguments and return the frozen configuration.
 
@@ -188,7 +189,9 @@ def build_config(
         dispose_engines=dispose_engines,
         commit_statuses=check_statuses(commit_statuses, argument="commit_statuses"),
         name=_name(name, sync_url or given_async),
-        observability=_observability(record_queries, slow_query_threshold, log_query_parameters),
+        observability=_observability(
+            record_queries, slow_query_threshold, log_query_parameters, hold_warning_threshold
+        ),
         pgbouncer=pgbouncer,
         unshared_connect_args=unshared if async_engine_options is None else (),
     )
@@ -288,7 +291,10 @@ def _name(name: str | None, url: URL | None) -> str:
 
 
 def _observability(
-    record_queries: object, slow_query_threshold: object, log_query_parameters: object
+    record_queries: object,
+    slow_query_threshold: object,
+    log_query_parameters: object,
+    hold_warning_threshold: object,
 ) -> Observability:
     for argument, flag in (
         ("record_queries", record_queries),
@@ -296,20 +302,26 @@ def _observability(
     ):
         if not isinstance(flag, bool):
             raise ConfigurationError(f"{argument}={flag!r} must be True or False.")
-    if slow_query_threshold is not None and (
-        not isinstance(slow_query_threshold, int | float)
-        or isinstance(slow_query_threshold, bool)
-        or slow_query_threshold < 0
-    ):
-        raise ConfigurationError(
-            f"slow_query_threshold={slow_query_threshold!r} must be a number of seconds >= 0 "
-            "(e.g. 0.5), or None for no slow-query log."
-        )
     return Observability(
         record_queries=bool(record_queries),
-        slow_query_threshold=None if slow_query_threshold is None else float(slow_query_threshold),
+        slow_query_threshold=_seconds(
+            "slow_query_threshold", slow_query_threshold, "no slow-query log"
+        ),
         log_query_parameters=bool(log_query_parameters),
+        hold_warning_threshold=_seconds(
+            "hold_warning_threshold", hold_warning_threshold, "no hold-time warnings"
+        ),
     )
+
+
+def _seconds(argument: str, value: object, off: str) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise ConfigurationError(
+            f"{argument}={value!r} must be a number of seconds >= 0 (e.g. 0.5), or None for {off}."
+        )
+    return float(value)
 
 
 def _async_side(

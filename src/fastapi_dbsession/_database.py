@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import _compat, _engines, _urls
+from . import _compat, _engines, _holds, _urls
 from ._capacity import CapacityGate
 from ._config import Config
 from ._recording import QueryRecorder
@@ -235,20 +235,31 @@ class Database:
         if self._binding is not None:
             return self._binding.session()
         if autocommit:
-            return self.session_factory(
+            session = self.session_factory(
                 bind=self.engine.execution_options(isolation_level="AUTOCOMMIT")
             )
-        return self.session_factory()
+        else:
+            session = self.session_factory()
+        self._watch(session)
+        return session
 
     async def async_new_session(self, *, autocommit: bool = False) -> AsyncSession:
         """Async twin of :meth:`new_session`."""
         if self._binding is not None:
             return await self._binding.async_session()
         if autocommit:
-            return self.async_session_factory(
+            session = self.async_session_factory(
                 bind=self.async_engine.execution_options(isolation_level="AUTOCOMMIT")
             )
-        return self.async_session_factory()
+        else:
+            session = self.async_session_factory()
+        self._watch(session.sync_session)
+        return session
+
+    def _watch(self, session: Session) -> None:
+        threshold = self._config.observability.hold_warning_threshold
+        if threshold is not None:
+            _holds.watch(session, threshold, self._config.name)
 
     # -- test binding --------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from starlette.requests import HTTPConnection
 from ._capacity import CapacityGate
 from ._database import Database
 from ._frames import Frame, Root, frames_of, sync_view
+from ._holds import hold_of
 from ._recording import QueryStats, request_label
 from ._sessions import has_work, is_busy
 from ._units import async_drive, drive, finish_root
@@ -113,12 +114,13 @@ class _RequestUnit:
     Both ways of hooking into FastAPI (below) use this one implementation.
     """
 
-    __slots__ = ("database", "frames", "is_async")
+    __slots__ = ("database", "dependency", "frames", "is_async")
 
     def __init__(self, database: Database, *, is_async: bool) -> None:
         self.database = database
         self.is_async = is_async
         self.frames = frames_of(is_async=is_async)
+        self.dependency: Callable[..., Any] | None = None  # what routes name in Depends()
 
     async def open(self, connection: HTTPConnection) -> _Opened:
         """Take a pool permit (sync), make the session and make it the context's unit."""
@@ -144,7 +146,18 @@ class _RequestUnit:
         recording = None
         if database.recorder is not None:
             recording = database.recorder.start(_label(connection), connection.scope)
+        if database.config.observability.hold_warning_threshold is not None:
+            self._describe_hold(session, connection)
         return session, frame, self.frames.set(frame), gate, recording
+
+    def _describe_hold(self, session: object, connection: HTTPConnection) -> None:
+        """Name the request and the dependency that asked for its session, for hold warnings."""
+        hold = hold_of(session)
+        if hold is None:
+            return
+        hold.request = _label(connection)
+        route, dependency = connection.scope.get("route"), self.dependency
+        hold.describe_origin = lambda: _asked_by(route, dependency)
 
     async def end(
         self,
@@ -169,6 +182,28 @@ class _RequestUnit:
             if recording is not None:
                 assert self.database.recorder is not None
                 self.database.recorder.stop(*recording)
+
+
+def _asked_by(route: object, dependency: object) -> str:
+    """``requested by Depends(db.session) in get_user (app/auth.py:12)``, found in the route."""
+    found: list[object] = []
+
+    def walk(dependant: Any) -> None:
+        for child in getattr(dependant, "dependencies", ()):
+            if child.call is dependency:
+                found.append(dependant.call)
+            walk(child)
+
+    walk(getattr(route, "dependant", None))
+    if not found:
+        return "made for this request by Depends(db.session)"
+    where = []
+    for function in dict.fromkeys(found):  # each dependant once, outermost first
+        code = getattr(function, "__code__", None)
+        name = getattr(function, "__qualname__", repr(function))
+        place = "" if code is None else f" ({code.co_filename}:{code.co_firstlineno})"
+        where.append(f"{name}{place}")
+    return "made for this request by Depends(db.session) in " + ", ".join(where)
 
 
 def _label(connection: HTTPConnection) -> str:
@@ -205,6 +240,7 @@ def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., 
         stack.push_async_exit(end)
         return opened[0]
 
+    unit.dependency = request_session
     return request_session
 
 
@@ -227,6 +263,7 @@ def _nested_dependency(unit: _RequestUnit) -> Callable[..., Awaitable[Any]]:
     ) -> Any:
         return session
 
+    unit.dependency = request_session
     return request_session
 
 

@@ -63,6 +63,9 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet):
         slow_query_threshold: Log statements taking at least this many seconds, with the
             code location that issued them (logger ``fastapi_dbsession.slow_queries``).
         log_query_parameters: Show slow statements' parameters (hidden by default).
+        hold_warning_threshold: Log a request or unit of work whose transaction held a
+            connection this many seconds or more, with its route or the code that opened it
+            (logger ``fastapi_dbsession.holds``); also report sessions garbage-collected open.
         pgbouncer: The database is reached through PgBouncer in transaction (or statement)
             pooling mode: every PostgreSQL driver is kept off server-side prepared statements
             (see docs/scaling.md).
@@ -98,6 +101,7 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet):
         record_queries: bool = False,
         slow_query_threshold: float | None = None,
         log_query_parameters: bool = False,
+        hold_warning_threshold: float | None = None,
         pgbouncer: bool = False,
     ) -> None:
         config = _config.build_config(**_arguments(locals()))
