@@ -164,11 +164,6 @@ class Database:
         engine = self.async_engine if is_async else self.engine
         return engine.dialect.name
 
-    def outer_begin_is_lazy(self, *, is_async: bool) -> bool:
-        """Whether a test's outer transaction must send BEGIN itself (a user's SQLite engine)."""
-        engine = self.async_engine.sync_engine if is_async else self.engine
-        return _engines.lacks_explicit_begin(engine)
-
     def pool_capacity(self, *, is_async: bool) -> int | None:
         """How many connections one side can hold at once (None: unbounded, or a test's one)."""
         if self._binding is not None:
@@ -283,11 +278,7 @@ class Database:
     # -- lifetime ------------------------------------------------------------------------
 
     def dispose(self, *, given_too: bool = True) -> None:
-        """Close every pooled connection of the sync engine (it is recreated on next use).
-
-        Args:
-            given_too: Dispose an engine the user handed over too; if False, only let go of it.
-        """
+        """Close the sync engine's pooled connections (``given_too``: a user's engine too)."""
         with self._lock:
             engine, self._engine, self._sync_factory = self._engine, None, None
             self._gate, self._gate_built = None, False
