@@ -542,6 +542,7 @@ def test_every_documented_file_is_run() -> None:
     run_elsewhere = {  # run by tests/test_examples.py, or as a pytest session above
         "CHANGELOG.md",
         "examples/quickstart/app.py",
+        "examples/production/app.py",
         "examples/testing/app.py",
         "examples/testing/conftest.py",
         "examples/testing/pytest.ini",

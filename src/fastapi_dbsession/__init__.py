@@ -2,6 +2,8 @@
 
 import logging
 
+from ._pressure import PoolStatus
+from ._probes import PingResult
 from .decorators import CURRENT_SESSION, transactional
 from .errors import (
     CommitOutcomeUnknownError,
@@ -37,6 +39,8 @@ __all__ = [
     "MissingDriverError",
     "NoActiveSessionError",
     "NoActiveTransactionError",
+    "PingResult",
+    "PoolStatus",
     "PoolTimeoutError",
     "Propagation",
     "ServerTimingMiddleware",

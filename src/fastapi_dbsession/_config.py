@@ -50,6 +50,12 @@ class Config:
     """Whether the lifespan's shutdown disposes the given engines too."""
     commit_statuses: Container[int] | None = None
     """The response statuses whose request transaction commits (None: every status < 400)."""
+    startup_retries: int = 3
+    """Retries of the lifespan's startup check (exponential backoff from 0.5 s, capped at 5 s)."""
+    startup_timeout: float = 5.0
+    """Deadline of each startup attempt, in seconds."""
+    pool_saturation_warning: float | None = 0.9
+    """Warn when this fraction of the pool is checked out (None: off)."""
     pgbouncer: bool = False
     """Keep every PostgreSQL driver off server-side prepared statements (PgBouncer)."""
     unshared_connect_args: tuple[str, ...] = ()
@@ -118,6 +124,9 @@ def build_config(
     async_engine: AsyncEngine | None = None,
     dispose_engines: bool = False,
     commit_statuses: Container[int] | None = None,
+    startup_retries: int = 3,
+    startup_timeout: float = 5.0,
+    pool_saturation_warning: float | None = 0.9,
     pgbouncer: bool = False,
     name: str | None = None,
     record_queries: bool = False,
@@ -188,6 +197,7 @@ def build_config(
         async_engine=async_engine,
         dispose_engines=dispose_engines,
         commit_statuses=check_statuses(commit_statuses, argument="commit_statuses"),
+        **_operations(startup_retries, startup_timeout, pool_saturation_warning),
         name=_name(name, sync_url or given_async),
         observability=_observability(
             record_queries, slow_query_threshold, log_query_parameters, hold_warning_threshold
@@ -335,6 +345,40 @@ def _async_side(
     if not connect_args or _drivers.shares_connect_args(url, async_url):
         return options, ()
     return {k: v for k, v in options.items() if k != "connect_args"}, tuple(connect_args)
+
+
+def _operations(
+    startup_retries: object, startup_timeout: object, pool_saturation_warning: object
+) -> dict[str, Any]:
+    """Check the operations arguments (startup check, saturation warning)."""
+    if isinstance(startup_retries, bool) or not isinstance(startup_retries, int):
+        raise ConfigurationError(f"startup_retries must be an int >= 0, not {startup_retries!r}.")
+    if startup_retries < 0:
+        raise ConfigurationError(f"startup_retries must be >= 0, not {startup_retries}.")
+    if (
+        isinstance(startup_timeout, bool)
+        or not isinstance(startup_timeout, int | float)
+        or startup_timeout <= 0
+    ):
+        raise ConfigurationError(
+            f"startup_timeout must be a number of seconds > 0, not {startup_timeout!r}."
+        )
+    if pool_saturation_warning is not None and (
+        isinstance(pool_saturation_warning, bool)
+        or not isinstance(pool_saturation_warning, int | float)
+        or not 0 < pool_saturation_warning <= 1
+    ):
+        raise ConfigurationError(
+            "pool_saturation_warning must be a fraction of the pool in (0, 1], e.g. 0.9, or "
+            f"None to turn the warning off; got {pool_saturation_warning!r}."
+        )
+    return {
+        "startup_retries": startup_retries,
+        "startup_timeout": float(startup_timeout),
+        "pool_saturation_warning": (
+            None if pool_saturation_warning is None else float(pool_saturation_warning)
+        ),
+    }
 
 
 def _pair_urls(

@@ -16,8 +16,9 @@ from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 import fastapi.routing
+import sqlalchemy.exc
 from anyio import CancelScope
-from fastapi import Depends, Response
+from fastapi import Depends, HTTPException, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
@@ -38,6 +39,43 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SCOPE_KEY = "fastapi_dbsession.commit_policy"
+
+RETRY_AFTER_SECONDS = 1
+"""The ``Retry-After`` of a request that found no free connection: the overload is short-lived."""
+
+
+class PoolTimeoutResponse(PoolTimeoutError, HTTPException):
+    """A :class:`PoolTimeoutError` that FastAPI answers with 503 and ``Retry-After``.
+
+    Raised to the app instead of the plain error when a *request* found no free connection:
+    FastAPI's ``HTTPException`` handler turns it into ``503 Service Unavailable``, unless the
+    app registers its own handler for ``PoolTimeoutError`` or ``DBSessionError``, which wins
+    (Starlette looks handlers up along the class's MRO, ours first). The body never names the
+    database; the message (for logs) does, with the password masked.
+    """
+
+    def __init__(self, message: str) -> None:
+        PoolTimeoutError.__init__(self, message)
+        HTTPException.__init__(
+            self,
+            status_code=503,
+            detail="The database is busy: no connection became free in time. Retry later.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _as_response(database: Database, error: BaseException, *, is_async: bool) -> BaseException:
+    """``error`` itself, or the 503 form of it when no connection became free in time."""
+    if isinstance(error, PoolTimeoutResponse):
+        return error
+    if isinstance(error, PoolTimeoutError):
+        return PoolTimeoutResponse(str(error))
+    if isinstance(error, sqlalchemy.exc.TimeoutError):  # the pool's own checkout timeout
+        return PoolTimeoutResponse(str(database.pool_timeout_error(is_async=is_async)))
+    return error
 
 
 def _function_stack_key() -> str | None:
@@ -127,7 +165,7 @@ class _RequestUnit:
         database = self.database
         gate = None if self.is_async else database.capacity_gate()
         if gate is not None and not await gate.acquire(gate.timeout):
-            raise PoolTimeoutError(gate.timeout_message)
+            raise PoolTimeoutResponse(gate.timeout_message)
         session: Any
         try:
             if self.is_async:
@@ -166,7 +204,11 @@ class _RequestUnit:
         response: Response,
         error: BaseException | None,
     ) -> None:
-        """Commit or roll back (by the route's policy and what happened), close, run hooks."""
+        """Commit or roll back (by the route's policy and what happened), close, run hooks.
+
+        Raises:
+            PoolTimeoutResponse: ``error`` was a pool checkout timeout: the client gets a 503.
+        """
         _, frame, token, gate, recording = opened
         try:
             policy, statuses = _route_rule(connection, self.database)
@@ -182,6 +224,10 @@ class _RequestUnit:
             if recording is not None:
                 assert self.database.recorder is not None
                 self.database.recorder.stop(*recording)
+        if error is not None:
+            replacement = _as_response(self.database, error, is_async=self.is_async)
+            if replacement is not error:
+                raise replacement from error
 
 
 def _asked_by(route: object, dependency: object) -> str:
