@@ -109,6 +109,8 @@ class Database:
         return value
 
     def _create_engine(self) -> Engine:
+        if self._config.engine is not None:
+            return self._config.engine  # the user's, used as it is
         url = self._require(self._config.url, side="sync")
         engine = _engines.create(
             create_engine,
@@ -121,6 +123,8 @@ class Database:
         return engine
 
     def _create_async_engine(self) -> AsyncEngine:
+        if self._config.async_engine is not None:
+            return self._config.async_engine
         url = self._require(self._config.async_url, side="async")
         create_async_engine = _compat.require_asyncio().create_async_engine
         options = self._config.async_engine_options
@@ -162,13 +166,13 @@ class Database:
             return url
         if side == "sync":
             raise ConfigurationError(
-                f"{self!r} has no sync URL and none can be derived from its async URL. Pass "
-                "url= (e.g. postgresql+psycopg://...) or use db.async_session / "
+                f"{self!r} has no sync URL and none can be derived from its async side. Pass "
+                "url= (e.g. postgresql+psycopg://...) or engine=, or use db.async_session / "
                 "db.async_transaction()."
             )
         raise ConfigurationError(
-            f"{self!r} has no async URL and none can be derived from its sync URL. Pass "
-            "async_url= (e.g. postgresql+asyncpg://...) or use the sync API "
+            f"{self!r} has no async URL and none can be derived from its sync side. Pass "
+            "async_url= (e.g. postgresql+asyncpg://...) or async_engine=, or use the sync API "
             "(db.session / db.transaction())."
         )
 
@@ -305,22 +309,23 @@ class Database:
 
     # -- lifetime ------------------------------------------------------------------------
 
-    def dispose(self) -> None:
-        """Close every pooled connection of the sync engine (it is recreated on next use)."""
+    def dispose(self, *, given_too: bool = True) -> None:
+        """Close the sync engine's pooled connections (``given_too``: a user's engine too)."""
         with self._lock:
-            primary, self._engine, self._sync_factory = self._engine, None, None
+            engine, self._engine, self._sync_factory = self._engine, None, None
             self._gate, self._gate_built = None, False
-        for engine in [primary, *self._replicas.take_sync_engines()]:
-            if engine is not None:
-                engine.dispose()
-                logger.info("disposed sync engine for %s", _urls.render(engine.url))
+        if engine is not None and (given_too or not self._config.is_given(engine)):
+            engine.dispose()
+            logger.info("disposed sync engine for %s", _urls.render(engine.url))
+        self._replicas.dispose()
 
-    async def async_dispose(self) -> None:
+    async def async_dispose(self, *, given_too: bool = True) -> None:
         """Close every pooled connection of the async engine (it is recreated on next use)."""
-        for engine in [self._take_async_engine(), *self._replicas.take_async_engines()]:
-            if engine is not None:
-                await engine.dispose()
-                logger.info("disposed async engine for %s", _urls.render(engine.url))
+        engine = self._take_async_engine()
+        if engine is not None and (given_too or not self._config.is_given(engine)):
+            await engine.dispose()
+            logger.info("disposed async engine for %s", _urls.render(engine.url))
+        await self._replicas.async_dispose()
 
     def _take_async_engine(self) -> AsyncEngine | None:
         with self._lock:
@@ -329,20 +334,27 @@ class Database:
 
     def repoint(self, url: URL | None, async_url: URL | None) -> None:
         """Point at other databases (a test database), disposing the engines it replaces."""
-        self.dispose()
-        for engine in [self._take_async_engine(), *self._replicas.take_async_engines()]:
-            if engine is not None:
-                _dispose_outside_loop(engine)
-        self._config = self._config.with_urls(url, async_url)
-        self._replicas = _replica_set(self._config, self._engine_created)
+        self.reconfigure(self._config.with_urls(url, async_url))
+
+    def reconfigure(self, config: Config) -> None:
+        """Use ``config`` from now on (other URLs or engines); dispose the engines we built."""
+        self.dispose(given_too=False)
+        engine = self._take_async_engine()
+        if engine is not None and not self._config.is_given(engine):
+            _dispose_outside_loop(engine)
+        for replica in self._replicas.take_async_engines():
+            _dispose_outside_loop(replica)
+        self._config = config
+        self._replicas = _replica_set(config, self._engine_created)
 
     async def shutdown(self) -> None:
         """Dispose both engines; under a test's binding, only close this loop's connection."""
         if self._binding is not None:
             await self._binding.async_close_loop()  # the test owns the engines
             return
-        await self.async_dispose()
-        await anyio.to_thread.run_sync(self.dispose)
+        given_too = self._config.dispose_engines
+        await self.async_dispose(given_too=given_too)
+        await anyio.to_thread.run_sync(lambda: self.dispose(given_too=given_too))
 
 
 def _replica_set(config: Config, engine_created: Callable[..., None]) -> ReplicaSet:

@@ -149,11 +149,19 @@ class ReplicaSet:
             router = Router(primary(), self, is_async, read, context_writes(key))
             session.info[ROUTER] = router
 
-    def take_sync_engines(self) -> list[Engine]:
-        """Forget the sync engines (for disposal); they are recreated on next use."""
+    def dispose(self) -> None:
+        """Close the sync replicas' pooled connections (the engines are recreated on next use)."""
         with self._lock:
             engines, self._engines[False] = self._engines[False] or [], None
-        return engines
+        for engine in engines:
+            engine.dispose()
+            logger.info("disposed sync engine for %s", _urls.render(engine.url))
+
+    async def async_dispose(self) -> None:
+        """Async twin of :meth:`dispose`."""
+        for engine in self.take_async_engines():
+            await engine.dispose()
+            logger.info("disposed async engine for %s", _urls.render(engine.url))
 
     def take_async_engines(self) -> list[AsyncEngine]:
         """Forget the async engines (for disposal); they are recreated on next use."""
@@ -292,3 +300,38 @@ def _async_view(sync_engine: Engine) -> AsyncEngine:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     return AsyncEngine(sync_engine)  # a new proxy of the same engine: disposes its pool
+
+
+def pair_replicas(urls: object) -> tuple[tuple[URL | None, URL | None], ...]:
+    """Parse each replica URL and derive its other side, as for the primary."""
+    if isinstance(urls, str | URL) or not isinstance(urls, Sequence | tuple | list):
+        raise ConfigurationError(
+            f"replica_urls must be a list of URLs, not {type(urls).__name__}: "
+            'replica_urls=["postgresql+psycopg://app@replica1/app"].'
+        )
+    pairs: list[tuple[URL | None, URL | None]] = []
+    for index, value in enumerate(urls):
+        url = _urls.parse(value, argument=f"replica_urls[{index}]")
+        if _urls.is_async_driver(url):
+            pairs.append((_urls.sync_twin(url), url))
+        else:
+            pairs.append((url, _urls.async_twin(url)))
+    return tuple(pairs)
+
+
+def check_sticky(sticky: object, replica_urls: object) -> StickyWindow | None:
+    """The manager's ``sticky_window`` argument, checked."""
+    if sticky is None:
+        return None
+    if not isinstance(sticky, StickyWindow):
+        raise ConfigurationError(
+            f"sticky_window must be a StickyWindow, not {type(sticky).__name__}: "
+            "sticky_window=StickyWindow(2.0, cookie='db_wrote')."
+        )
+    if not replica_urls:
+        raise ConfigurationError(
+            "sticky_window keeps reads on the primary after a write, but this manager has no "
+            "replica_urls, so every read already uses the primary. Pass replica_urls=[...] "
+            "or drop sticky_window."
+        )
+    return sticky

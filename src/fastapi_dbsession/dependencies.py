@@ -11,7 +11,7 @@ client a 2xx.)
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from contextlib import AsyncExitStack
 from contextvars import Token
 from types import CodeType
@@ -107,23 +107,38 @@ def _function_stack_key() -> str | None:
 FUNCTION_STACK_KEY = _function_stack_key()
 
 
+_RouteRule = tuple[CommitPolicy, Container[int] | None]
+
+
 def commit_policy_dependency(
-    database: Database, policy: CommitPolicy
+    database: Database, policy: CommitPolicy, statuses: Container[int] | None = None
 ) -> Callable[[HTTPConnection], Awaitable[None]]:
-    """Build the route dependency that overrides ``database``'s commit policy for one route."""
+    """Build the route dependency that overrides ``database``'s commit rule for one route.
+
+    ``statuses`` None keeps the manager's ``commit_statuses``.
+    """
 
     async def commit_policy(connection: HTTPConnection) -> None:
-        connection.scope.setdefault(_SCOPE_KEY, {})[id(database)] = policy
+        rule = (policy, database.config.commit_statuses if statuses is None else statuses)
+        connection.scope.setdefault(_SCOPE_KEY, {})[id(database)] = rule
 
     return commit_policy
 
 
-def _route_policy(connection: HTTPConnection, database: Database) -> CommitPolicy:
-    default = database.config.commit_policy
-    chosen: dict[int, CommitPolicy] | None = connection.scope.get(_SCOPE_KEY)
-    if chosen is None:
-        return default
-    return chosen.get(id(database), default)
+def _route_rule(connection: HTTPConnection, database: Database) -> _RouteRule:
+    chosen: dict[int, _RouteRule] | None = connection.scope.get(_SCOPE_KEY)
+    rule = None if chosen is None else chosen.get(id(database))
+    if rule is None:
+        return database.config.commit_policy, database.config.commit_statuses
+    return rule
+
+
+def _status(connection: HTTPConnection, response: Response) -> int | None:
+    """The status set on the injected ``Response``, else the route's declared one."""
+    if response.status_code is not None:
+        return response.status_code
+    declared = getattr(connection.scope.get("route"), "status_code", None)
+    return declared if isinstance(declared, int) else None
 
 
 def _enter_writes(connection: HTTPConnection, response: Response, database: Database) -> None:
@@ -186,7 +201,7 @@ class _RequestUnit:
         """Take a pool permit (sync), make the session and make it the context's unit."""
         database = self.database
         _enter_writes(connection, response, database)
-        read = self.is_read or _route_policy(connection, database) == "read_only"
+        read = self.is_read or _route_rule(connection, database)[0] == "read_only"
         gate = None if self.is_async else database.capacity_gate()
         if gate is not None and not await gate.acquire(gate.timeout):
             raise PoolTimeoutResponse(gate.timeout_message)
@@ -236,8 +251,11 @@ class _RequestUnit:
         """
         _, frame, token, gate, recording = opened
         try:
-            policy = "read_only" if self.is_read else _route_policy(connection, self.database)
-            commit = error is None and should_commit(policy, None, response.status_code)
+            policy, statuses = _route_rule(connection, self.database)
+            if self.is_read:
+                policy = "read_only"
+            status = _status(connection, response)
+            commit = error is None and should_commit(policy, None, status, statuses)
             await _finish(frame, commit, is_async=self.is_async)
             if error is None:
                 logger.debug("request session %s", "committed" if commit else "rolled back")
