@@ -196,6 +196,17 @@ def _request_session_3(module: ModuleType, backend: Backend) -> None:
     assert count(backend, "orders", "WHERE item = 'chair'") == 1
 
 
+@check("docs_src/request_session/tutorial004.py")
+def _request_session_4(module: ModuleType, backend: Backend) -> None:
+    with TestClient(module.app, follow_redirects=False) as client:
+        assert client.post("/signups/check", params={"email": "ada@example.org"}).status_code == 200
+        assert client.post("/signups/check", params={"email": "nope"}).status_code == 422
+        assert count(backend, "signups") == 1  # the returned 422 rolled back
+        redirect = client.post("/signups", params={"email": "bob@example.org"})
+        assert (redirect.status_code, redirect.headers["location"]) == (303, "/welcome")
+        assert count(backend, "signups") == 2  # the route's own rule commits the 303
+
+
 @check("docs_src/getting_started/tutorial002.py", env={"DATABASE_POOL_SIZE": "7"})
 def _getting_started_2(module: ModuleType, backend: Backend) -> None:
     assert module.db.engine.pool.size() == 7  # read from DATABASE_POOL_SIZE
@@ -326,11 +337,38 @@ def _configuration_2(module: ModuleType, backend: Backend) -> None:
     assert module.db.url == backend.url
 
 
+@check("docs_src/operations/lifespans001.py", env={"ORDERS_DATABASE_URL": "{url}"})
+def _operations_lifespans(module: ModuleType, backend: Backend) -> None:
+    with TestClient(module.app) as client:
+        assert module.db.pool_status()["sync"].checked_out == 0  # checked at startup
+        assert module.orders_db.pool_status()["sync"].checked_out == 0
+        assert client.get("/counts").json() == [1, 2]
+    assert module.db.pool_status() == {}  # disposed at shutdown
+    assert module.orders_db.pool_status() == {}
+
+
 @check("docs_src/configuration/tutorial003.py")
 def _configuration_3(module: ModuleType, backend: Backend) -> None:
     with TestClient(module.app):
         assert module.EVENTS == ["started, database answers 1"]
     assert module.EVENTS[-1] == "stopped, engines disposed"
+
+
+@check("docs_src/configuration/tutorial004.py")
+def _configuration_4(module: ModuleType, backend: Backend) -> None:
+    pool = module.engine.pool
+    with TestClient(module.app) as client:
+        assert client.post("/jobs", params={"name": "nightly"}).status_code == 201
+    assert count(backend, "jobs") == 1
+    assert module.engine.pool is pool  # the shutdown left the app's engine alone...
+    assert module.count_jobs() == 1  # ...and the CLI code keeps using it
+    assert pool.checkedout() == 0
+
+
+@check("docs_src/migrating/startup_events.py")
+def _migrating_startup_events(module: ModuleType, backend: Backend) -> None:
+    with TestClient(module.app):  # no DBSessionWarning (an error under our filterwarnings)
+        assert count(backend, "startup_flags") == 0  # the table exists: the startup code ran
 
 
 # -- pitfalls -----------------------------------------------------------------------------
@@ -444,6 +482,25 @@ def _observability_1(module: ModuleType, backend: Backend) -> None:
 # -- the tests ----------------------------------------------------------------------------
 
 
+# -- guarantees ---------------------------------------------------------------------------
+
+
+@check("docs_src/guarantees/idempotency.py")
+def _guarantees_idempotency(module: ModuleType, backend: Backend) -> None:
+    with TestClient(module.app) as client:
+        headers = {"Idempotency-Key": "order-17"}
+        first = client.post("/payments", params={"amount": 30}, headers=headers)
+        assert first.status_code == 201
+        again = client.post("/payments", params={"amount": 30}, headers=headers)  # a retry
+        assert (again.status_code, again.json()) == (200, first.json())
+        assert count(backend, "payments") == 1
+        other = client.post("/payments", params={"amount": 5}, headers={"Idempotency-Key": "x"})
+        assert other.status_code == 201
+        assert count(backend, "payments") == 2
+        handler = module.app.exception_handlers[module.CommitOutcomeUnknownError]
+        assert handler is module.commit_outcome_unknown
+
+
 @pytest.mark.parametrize(("path", "backend"), list(_cases()), indirect=["backend"])
 def test_documented_file_runs(path: str, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     url = backend.async_url if path in ASYNC_ONLY else backend.url
@@ -495,6 +552,7 @@ def test_every_documented_file_is_run() -> None:
     run_elsewhere = {  # run by tests/test_examples.py, or as a pytest session above
         "CHANGELOG.md",
         "examples/quickstart/app.py",
+        "examples/production/app.py",
         "examples/testing/app.py",
         "examples/testing/conftest.py",
         "examples/testing/pytest.ini",

@@ -9,15 +9,16 @@ client a 2xx.)
 
 # No "from __future__ import annotations" here: FastAPI reads these signatures at runtime.
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from contextlib import AsyncExitStack
 from contextvars import Token
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 import fastapi.routing
+import sqlalchemy.exc
 from anyio import CancelScope
-from fastapi import Depends, Response
+from fastapi import Depends, HTTPException, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
@@ -25,6 +26,7 @@ from starlette.requests import HTTPConnection
 from ._capacity import CapacityGate
 from ._database import Database
 from ._frames import Frame, Root, frames_of, sync_view
+from ._holds import hold_of
 from ._recording import QueryStats, request_label
 from ._sessions import has_work, is_busy
 from ._units import async_drive, drive, finish_root
@@ -37,6 +39,43 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SCOPE_KEY = "fastapi_dbsession.commit_policy"
+
+RETRY_AFTER_SECONDS = 1
+"""The ``Retry-After`` of a request that found no free connection: the overload is short-lived."""
+
+
+class PoolTimeoutResponse(PoolTimeoutError, HTTPException):
+    """A :class:`PoolTimeoutError` that FastAPI answers with 503 and ``Retry-After``.
+
+    Raised to the app instead of the plain error when a *request* found no free connection:
+    FastAPI's ``HTTPException`` handler turns it into ``503 Service Unavailable``, unless the
+    app registers its own handler for ``PoolTimeoutError`` or ``DBSessionError``, which wins
+    (Starlette looks handlers up along the class's MRO, ours first). The body never names the
+    database; the message (for logs) does, with the password masked.
+    """
+
+    def __init__(self, message: str) -> None:
+        PoolTimeoutError.__init__(self, message)
+        HTTPException.__init__(
+            self,
+            status_code=503,
+            detail="The database is busy: no connection became free in time. Retry later.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _as_response(database: Database, error: BaseException, *, is_async: bool) -> BaseException:
+    """``error`` itself, or the 503 form of it when no connection became free in time."""
+    if isinstance(error, PoolTimeoutResponse):
+        return error
+    if isinstance(error, PoolTimeoutError):
+        return PoolTimeoutResponse(str(error))
+    if isinstance(error, sqlalchemy.exc.TimeoutError):  # the pool's own checkout timeout
+        return PoolTimeoutResponse(str(database.pool_timeout_error(is_async=is_async)))
+    return error
 
 
 def _function_stack_key() -> str | None:
@@ -64,23 +103,38 @@ def _function_stack_key() -> str | None:
 FUNCTION_STACK_KEY = _function_stack_key()
 
 
+_RouteRule = tuple[CommitPolicy, Container[int] | None]
+
+
 def commit_policy_dependency(
-    database: Database, policy: CommitPolicy
+    database: Database, policy: CommitPolicy, statuses: Container[int] | None = None
 ) -> Callable[[HTTPConnection], Awaitable[None]]:
-    """Build the route dependency that overrides ``database``'s commit policy for one route."""
+    """Build the route dependency that overrides ``database``'s commit rule for one route.
+
+    ``statuses`` None keeps the manager's ``commit_statuses``.
+    """
 
     async def commit_policy(connection: HTTPConnection) -> None:
-        connection.scope.setdefault(_SCOPE_KEY, {})[id(database)] = policy
+        rule = (policy, database.config.commit_statuses if statuses is None else statuses)
+        connection.scope.setdefault(_SCOPE_KEY, {})[id(database)] = rule
 
     return commit_policy
 
 
-def _route_policy(connection: HTTPConnection, database: Database) -> CommitPolicy:
-    default = database.config.commit_policy
-    chosen: dict[int, CommitPolicy] | None = connection.scope.get(_SCOPE_KEY)
-    if chosen is None:
-        return default
-    return chosen.get(id(database), default)
+def _route_rule(connection: HTTPConnection, database: Database) -> _RouteRule:
+    chosen: dict[int, _RouteRule] | None = connection.scope.get(_SCOPE_KEY)
+    rule = None if chosen is None else chosen.get(id(database))
+    if rule is None:
+        return database.config.commit_policy, database.config.commit_statuses
+    return rule
+
+
+def _status(connection: HTTPConnection, response: Response) -> int | None:
+    """The status set on the injected ``Response``, else the route's declared one."""
+    if response.status_code is not None:
+        return response.status_code
+    declared = getattr(connection.scope.get("route"), "status_code", None)
+    return declared if isinstance(declared, int) else None
 
 
 _Opened = tuple[
@@ -98,19 +152,20 @@ class _RequestUnit:
     Both ways of hooking into FastAPI (below) use this one implementation.
     """
 
-    __slots__ = ("database", "frames", "is_async")
+    __slots__ = ("database", "dependency", "frames", "is_async")
 
     def __init__(self, database: Database, *, is_async: bool) -> None:
         self.database = database
         self.is_async = is_async
         self.frames = frames_of(is_async=is_async)
+        self.dependency: Callable[..., Any] | None = None  # what routes name in Depends()
 
     async def open(self, connection: HTTPConnection) -> _Opened:
         """Take a pool permit (sync), make the session and make it the context's unit."""
         database = self.database
         gate = None if self.is_async else database.capacity_gate()
         if gate is not None and not await gate.acquire(gate.timeout):
-            raise PoolTimeoutError(gate.timeout_message)
+            raise PoolTimeoutResponse(gate.timeout_message)
         session: Any
         try:
             if self.is_async:
@@ -129,7 +184,18 @@ class _RequestUnit:
         recording = None
         if database.recorder is not None:
             recording = database.recorder.start(_label(connection), connection.scope)
+        if database.config.observability.hold_warning_threshold is not None:
+            self._describe_hold(session, connection)
         return session, frame, self.frames.set(frame), gate, recording
+
+    def _describe_hold(self, session: object, connection: HTTPConnection) -> None:
+        """Name the request and the dependency that asked for its session, for hold warnings."""
+        hold = hold_of(session)
+        if hold is None:
+            return
+        hold.request = _label(connection)
+        route, dependency = connection.scope.get("route"), self.dependency
+        hold.describe_origin = lambda: _asked_by(route, dependency)
 
     async def end(
         self,
@@ -138,12 +204,16 @@ class _RequestUnit:
         response: Response,
         error: BaseException | None,
     ) -> None:
-        """Commit or roll back (by the route's policy and what happened), close, run hooks."""
+        """Commit or roll back (by the route's policy and what happened), close, run hooks.
+
+        Raises:
+            PoolTimeoutResponse: ``error`` was a pool checkout timeout: the client gets a 503.
+        """
         _, frame, token, gate, recording = opened
         try:
-            commit = error is None and should_commit(
-                _route_policy(connection, self.database), None, response.status_code
-            )
+            policy, statuses = _route_rule(connection, self.database)
+            status = _status(connection, response)
+            commit = error is None and should_commit(policy, None, status, statuses)
             await _finish(frame, commit, is_async=self.is_async)
             if error is None:
                 logger.debug("request session %s", "committed" if commit else "rolled back")
@@ -154,6 +224,32 @@ class _RequestUnit:
             if recording is not None:
                 assert self.database.recorder is not None
                 self.database.recorder.stop(*recording)
+        if error is not None:
+            replacement = _as_response(self.database, error, is_async=self.is_async)
+            if replacement is not error:
+                raise replacement from error
+
+
+def _asked_by(route: object, dependency: object) -> str:
+    """``requested by Depends(db.session) in get_user (app/auth.py:12)``, found in the route."""
+    found: list[object] = []
+
+    def walk(dependant: Any) -> None:
+        for child in getattr(dependant, "dependencies", ()):
+            if child.call is dependency:
+                found.append(dependant.call)
+            walk(child)
+
+    walk(getattr(route, "dependant", None))
+    if not found:
+        return "made for this request by Depends(db.session)"
+    where = []
+    for function in dict.fromkeys(found):  # each dependant once, outermost first
+        code = getattr(function, "__code__", None)
+        name = getattr(function, "__qualname__", repr(function))
+        place = "" if code is None else f" ({code.co_filename}:{code.co_firstlineno})"
+        where.append(f"{name}{place}")
+    return "made for this request by Depends(db.session) in " + ", ".join(where)
 
 
 def _label(connection: HTTPConnection) -> str:
@@ -190,6 +286,7 @@ def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., 
         stack.push_async_exit(end)
         return opened[0]
 
+    unit.dependency = request_session
     return request_session
 
 
@@ -212,6 +309,7 @@ def _nested_dependency(unit: _RequestUnit) -> Callable[..., Awaitable[Any]]:
     ) -> Any:
         return session
 
+    unit.dependency = request_session
     return request_session
 
 
