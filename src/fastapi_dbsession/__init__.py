@@ -23,6 +23,7 @@ from .errors import (
     TransactionExistsError,
     UnexpectedRollbackError,
 )
+from .lifespans import compose_lifespans
 from .manager import DatabaseSessionManager
 from .middleware import ServerTimingMiddleware
 from .propagation import CommitPolicy, Propagation
@@ -54,6 +55,7 @@ __all__ = [
     "StickyWindow",
     "TransactionExistsError",
     "UnexpectedRollbackError",
+    "compose_lifespans",
     "transactional",
 ]
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -72,6 +74,7 @@ class Database:
         self._gate_built = False
         self._binding: Binding | None = None
         self._replicas = _replica_set(config, self._engine_created)
+        _ALL.add(self)
         self.recorder: QueryRecorder | None = (
             QueryRecorder(config.observability, config.name)
             if config.observability.watches_queries
@@ -111,7 +114,7 @@ class Database:
     def _create_engine(self) -> Engine:
         if self._config.engine is not None:
             return self._config.engine  # the user's, used as it is
-        url = self._require(self._config.url, side="sync")
+        url = _require(self, self._config.url, side="sync")
         engine = _engines.create(
             create_engine,
             url,
@@ -125,7 +128,7 @@ class Database:
     def _create_async_engine(self) -> AsyncEngine:
         if self._config.async_engine is not None:
             return self._config.async_engine
-        url = self._require(self._config.async_url, side="async")
+        url = _require(self, self._config.async_url, side="async")
         create_async_engine = _compat.require_asyncio().create_async_engine
         options = self._config.async_engine_options
         if self._config.unshared_connect_args:
@@ -160,21 +163,6 @@ class Database:
             pool = self._async_engine.sync_engine.pool
             statuses["async"] = _pressure.pool_status(pool, side="async", gate=None)
         return statuses
-
-    def _require(self, url: URL | None, *, side: str) -> URL:
-        if url is not None:
-            return url
-        if side == "sync":
-            raise ConfigurationError(
-                f"{self!r} has no sync URL and none can be derived from its async side. Pass "
-                "url= (e.g. postgresql+psycopg://...) or engine=, or use db.async_session / "
-                "db.async_transaction()."
-            )
-        raise ConfigurationError(
-            f"{self!r} has no async URL and none can be derived from its sync side. Pass "
-            "async_url= (e.g. postgresql+asyncpg://...) or async_engine=, or use the sync API "
-            "(db.session / db.transaction())."
-        )
 
     def dialect_name(self, *, is_async: bool) -> str:
         """The SQLAlchemy dialect of one side (``"postgresql"``, ``"mysql"``, ...)."""
@@ -262,7 +250,7 @@ class Database:
             )
         else:
             session = self.session_factory()
-            self._replicas.route(session, lambda: self.engine, read=read, key=id(self))
+            self._replicas.route(session, read=read, key=id(self))
         self._watch(session)
         return session
 
@@ -278,8 +266,7 @@ class Database:
             )
         else:
             session = self.async_session_factory()
-            primary = lambda: self.async_engine.sync_engine  # noqa: E731
-            self._replicas.route(session.sync_session, primary, read=read, key=id(self))
+            self._replicas.route(session.sync_session, read=read, key=id(self))
         self._watch(session.sync_session)
         return session
 
@@ -347,6 +334,19 @@ class Database:
         self._config = config
         self._replicas = _replica_set(config, self._engine_created)
 
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's pooled connections, never touching them.
+
+        SQLAlchemy's recipe for pre-fork servers (``engine.dispose(close=False)``): the child
+        starts with empty pools; the parent's connections stay the parent's. The capacity gate
+        counted the parent's requests, so the child gets a new one.
+        """
+        for engine in (self._engine, self._async_engine):
+            if engine is not None:
+                getattr(engine, "sync_engine", engine).dispose(close=False)
+        self._replicas.after_fork()
+        self._gate, self._gate_built = None, False
+
     async def shutdown(self) -> None:
         """Dispose both engines; under a test's binding, only close this loop's connection."""
         if self._binding is not None:
@@ -355,6 +355,23 @@ class Database:
         given_too = self._config.dispose_engines
         await self.async_dispose(given_too=given_too)
         await anyio.to_thread.run_sync(lambda: self.dispose(given_too=given_too))
+
+
+def _require(database: Database, url: URL | None, *, side: str) -> URL:
+    """``url``, or the error that says which argument is missing."""
+    if url is not None:
+        return url
+    if side == "sync":
+        raise ConfigurationError(
+            f"{database!r} has no sync URL and none can be derived from its async side. Pass "
+            "url= (e.g. postgresql+psycopg://...) or engine=, or use db.async_session / "
+            "db.async_transaction()."
+        )
+    raise ConfigurationError(
+        f"{database!r} has no async URL and none can be derived from its sync side. Pass "
+        "async_url= (e.g. postgresql+asyncpg://...) or async_engine=, or use the sync API "
+        "(db.session / db.transaction())."
+    )
 
 
 def _replica_set(config: Config, engine_created: Callable[..., None]) -> ReplicaSet:
@@ -372,6 +389,19 @@ def _replica_set(config: Config, engine_created: Callable[..., None]) -> Replica
         return sync_engine
 
     return ReplicaSet(config.replica_urls, create)
+
+
+_ALL: weakref.WeakSet[Database] = weakref.WeakSet()
+"""Every live Database, so that a forked child can let go of the parent's connections."""
+
+
+def _after_fork_in_child() -> None:
+    for database in list(_ALL):
+        database.after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX: gunicorn/uvicorn workers fork after import
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _dispose_outside_loop(engine: AsyncEngine) -> None:

@@ -133,20 +133,15 @@ class ReplicaSet:
             health.backoff = 0.0
         return True
 
-    def route(
-        self, session: Session, primary: Callable[[], Engine], *, read: bool, key: int
-    ) -> None:
-        """Give a new session its :class:`Router` (nothing to do without replicas).
+    def route(self, session: Session, *, read: bool, key: int) -> None:
+        """Give a new session (an ``AsyncSession``'s sync session) its :class:`Router`.
 
-        Args:
-            session: The session (an ``AsyncSession``'s sync session).
-            primary: Returns the primary's engine for the session's side (its sync view).
-            read: Read-only work: reads go to a replica.
-            key: Identifies the database in the request's record of writes.
+        The session's own bind is the primary. ``read``: read-only work, whose reads go to a
+        replica; ``key`` identifies the database in the request's record of writes.
         """
-        if self._urls:
-            is_async = primary().dialect.is_async
-            router = Router(primary(), self, is_async, read, context_writes(key))
+        if self._urls and isinstance(session.bind, Engine):
+            primary = session.bind
+            router = Router(primary, self, primary.dialect.is_async, read, context_writes(key))
             session.info[ROUTER] = router
 
     def dispose(self) -> None:
@@ -156,6 +151,12 @@ class ReplicaSet:
         for engine in engines:
             engine.dispose()
             logger.info("disposed sync engine for %s", _urls.render(engine.url))
+
+    def after_fork(self) -> None:
+        """In a forked child: drop the parent's pooled replica connections without closing them."""
+        for engines in self._engines.values():
+            for engine in engines or ():
+                engine.dispose(close=False)
 
     async def async_dispose(self) -> None:
         """Async twin of :meth:`dispose`."""
