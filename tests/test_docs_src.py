@@ -337,6 +337,16 @@ def _configuration_2(module: ModuleType, backend: Backend) -> None:
     assert module.db.url == backend.url
 
 
+@check("docs_src/operations/lifespans001.py", env={"ORDERS_DATABASE_URL": "{url}"})
+def _operations_lifespans(module: ModuleType, backend: Backend) -> None:
+    with TestClient(module.app) as client:
+        assert module.db.pool_status()["sync"].checked_out == 0  # checked at startup
+        assert module.orders_db.pool_status()["sync"].checked_out == 0
+        assert client.get("/counts").json() == [1, 2]
+    assert module.db.pool_status() == {}  # disposed at shutdown
+    assert module.orders_db.pool_status() == {}
+
+
 @check("docs_src/configuration/tutorial003.py")
 def _configuration_3(module: ModuleType, backend: Backend) -> None:
     with TestClient(module.app):

@@ -25,6 +25,8 @@ from .propagation import CommitPolicy, Propagation, check_policy, check_statuses
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+    from .settings import DatabaseSettings
+
 
 class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet):
     """Own the engines and sessions of one database for a FastAPI app.
@@ -147,6 +149,15 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet):
             >>> db = DatabaseSessionManager.from_env()
         """
         return cls(**_config.env_arguments(os.environ, prefix, overrides))
+
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings, **overrides: Any) -> DatabaseSessionManager:
+        """Build a manager from typed settings (extra ``[settings]``): see ``DatabaseSettings``.
+
+        Example:
+            >>> db = DatabaseSessionManager.from_settings(DatabaseSettings())
+        """
+        return cls(**{**settings.manager_arguments(), **overrides})
 
     def __repr__(self) -> str:
         return repr(self._database)
