@@ -17,6 +17,7 @@ db = DatabaseSessionManager(
     name="shop",  # the label in log lines, Server-Timing and metrics
     record_queries=True,  # count and time each request's statements
     slow_query_threshold=0.5,  # log statements of 500 ms or more, with their caller
+    hold_warning_threshold=5.0,  # name requests and units holding a connection 5 s or more
 )
 app = FastAPI(lifespan=db.lifespan)
 app.add_middleware(ServerTimingMiddleware)  # optional: the figures as a response header

@@ -12,21 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio.to_thread
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import _compat, _engines, _urls
+from . import _compat, _engines, _holds, _pressure, _urls
 from ._capacity import CapacityGate
 from ._config import Config
+from ._pressure import PoolStatus
 from ._recording import QueryRecorder
+from ._replicas import ReplicaSet
 from ._sessions import guarded_async_session_class, guarded_session_class
-from .errors import ConfigurationError, DatabaseUnavailableError
+from .errors import ConfigurationError, PoolTimeoutError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -69,6 +73,8 @@ class Database:
         self._gate: CapacityGate | None = None
         self._gate_built = False
         self._binding: Binding | None = None
+        self._replicas = _replica_set(config, self._engine_created)
+        _ALL.add(self)
         self.recorder: QueryRecorder | None = (
             QueryRecorder(config.observability, config.name)
             if config.observability.watches_queries
@@ -106,7 +112,9 @@ class Database:
         return value
 
     def _create_engine(self) -> Engine:
-        url = self._require(self._config.url, side="sync")
+        if self._config.engine is not None:
+            return self._config.engine  # the user's, used as it is
+        url = _require(self, self._config.url, side="sync")
         engine = _engines.create(
             create_engine,
             url,
@@ -115,11 +123,13 @@ class Database:
             pgbouncer=self._config.pgbouncer,
             timeouts=(self._config.connect_timeout, self._config.command_timeout),
         )
-        self._engine_created(engine)
+        self._engine_created(engine, side="sync")
         return engine
 
     def _create_async_engine(self) -> AsyncEngine:
-        url = self._require(self._config.async_url, side="async")
+        if self._config.async_engine is not None:
+            return self._config.async_engine
+        url = _require(self, self._config.async_url, side="async")
         create_async_engine = _compat.require_asyncio().create_async_engine
         options = self._config.async_engine_options
         if self._config.unshared_connect_args:
@@ -138,28 +148,27 @@ class Database:
             pgbouncer=self._config.pgbouncer,
             timeouts=(self._config.connect_timeout, self._config.command_timeout),
         )
-        self._engine_created(engine.sync_engine)
+        self._engine_created(engine.sync_engine, side="async")
         return engine
 
-    def _engine_created(self, engine: Engine) -> None:
+    def _engine_created(self, engine: Engine, *, side: str) -> None:
         """Install what watches a new engine (the sync one, or an async engine's sync one)."""
         if self.recorder is not None:
             self.recorder.install(engine)
+        threshold = self._config.pool_saturation_warning
+        if threshold is not None:
+            _pressure.install_saturation_warning(engine, threshold, side=side)
 
-    def _require(self, url: URL | None, *, side: str) -> URL:
-        if url is not None:
-            return url
-        if side == "sync":
-            raise ConfigurationError(
-                f"{self!r} has no sync URL and none can be derived from its async URL. Pass "
-                "url= (e.g. postgresql+psycopg://...) or use db.async_session / "
-                "db.async_transaction()."
-            )
-        raise ConfigurationError(
-            f"{self!r} has no async URL and none can be derived from its sync URL. Pass "
-            "async_url= (e.g. postgresql+asyncpg://...) or use the sync API "
-            "(db.session / db.transaction())."
-        )
+    def pool_status(self) -> dict[str, PoolStatus]:
+        """A snapshot of each created engine's pool, by side (no engine is created for it)."""
+        statuses: dict[str, PoolStatus] = {}
+        if self._engine is not None:
+            gate = self._gate if self._gate_built else None
+            statuses["sync"] = _pressure.pool_status(self._engine.pool, side="sync", gate=gate)
+        if self._async_engine is not None:
+            pool = self._async_engine.sync_engine.pool
+            statuses["async"] = _pressure.pool_status(pool, side="async", gate=None)
+        return statuses
 
     def dialect_name(self, *, is_async: bool) -> str:
         """The SQLAlchemy dialect of one side (``"postgresql"``, ``"mysql"``, ...)."""
@@ -181,17 +190,26 @@ class Database:
             timeout = _compat.pool_timeout(engine.pool)
             gate = None
             if capacity is not None:
-                gate = CapacityGate(
-                    capacity,
-                    timeout,
-                    f"No database connection became free within {timeout:g}s: all {capacity} "
-                    f"connections of the pool for {_urls.render(engine.url)} are held by "
-                    "other requests. Raise pool_size / max_overflow in engine_options, lower the "
-                    "number of concurrent requests, or look for requests that hold their "
-                    "session for long (slow queries, calls to other services).",
-                )
+                gate = CapacityGate(capacity, timeout, self._pool_timeout_message(engine))
             self._gate, self._gate_built = gate, True
         return self._gate
+
+    def pool_timeout_error(self, *, is_async: bool) -> PoolTimeoutError:
+        """Our error for a pool checkout that timed out on one side (SQLAlchemy's TimeoutError)."""
+        engine = self.async_engine.sync_engine if is_async else self.engine
+        return PoolTimeoutError(self._pool_timeout_message(engine))
+
+    @staticmethod
+    def _pool_timeout_message(engine: Engine) -> str:
+        capacity = _compat.pool_capacity(engine.pool)
+        held = "all" if capacity is None else f"all {capacity}"
+        return (
+            f"No database connection became free within {_compat.pool_timeout(engine.pool):g}s: "
+            f"{held} connections of the pool for {_urls.render(engine.url)} are held by "
+            "other requests. Raise pool_size / max_overflow in engine_options, lower the "
+            "number of concurrent requests, or look for requests that hold their session for "
+            "long (slow queries, calls to other services)."
+        )
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -223,29 +241,45 @@ class Database:
             self._async_factory = factory
         return factory
 
-    def new_session(self, *, autocommit: bool = False) -> Session:
+    def new_session(self, *, autocommit: bool = False, read: bool = False) -> Session:
         """A new sync session (inside the test's outer transaction while one is bound).
 
         Args:
             autocommit: Every statement commits at once: units that run without a transaction.
+            read: Read-only work: with read replicas, its reads go to one of them.
         """
         if self._binding is not None:
             return self._binding.session()
         if autocommit:
-            return self.session_factory(
+            session = self.session_factory(
                 bind=self.engine.execution_options(isolation_level="AUTOCOMMIT")
             )
-        return self.session_factory()
+        else:
+            session = self.session_factory()
+            self._replicas.route(session, read=read, key=id(self))
+        self._watch(session)
+        return session
 
-    async def async_new_session(self, *, autocommit: bool = False) -> AsyncSession:
+    async def async_new_session(
+        self, *, autocommit: bool = False, read: bool = False
+    ) -> AsyncSession:
         """Async twin of :meth:`new_session`."""
         if self._binding is not None:
             return await self._binding.async_session()
         if autocommit:
-            return self.async_session_factory(
+            session = self.async_session_factory(
                 bind=self.async_engine.execution_options(isolation_level="AUTOCOMMIT")
             )
-        return self.async_session_factory()
+        else:
+            session = self.async_session_factory()
+            self._replicas.route(session.sync_session, read=read, key=id(self))
+        self._watch(session.sync_session)
+        return session
+
+    def _watch(self, session: Session) -> None:
+        threshold = self._config.observability.hold_warning_threshold
+        if threshold is not None:
+            _holds.watch(session, threshold, self._config.name)
 
     # -- test binding --------------------------------------------------------------------
 
@@ -268,21 +302,23 @@ class Database:
 
     # -- lifetime ------------------------------------------------------------------------
 
-    def dispose(self) -> None:
-        """Close every pooled connection of the sync engine (it is recreated on next use)."""
+    def dispose(self, *, given_too: bool = True) -> None:
+        """Close the sync engine's pooled connections (``given_too``: a user's engine too)."""
         with self._lock:
             engine, self._engine, self._sync_factory = self._engine, None, None
             self._gate, self._gate_built = None, False
-        if engine is not None:
+        if engine is not None and (given_too or not self._config.is_given(engine)):
             engine.dispose()
             logger.info("disposed sync engine for %s", _urls.render(engine.url))
+        self._replicas.dispose()
 
-    async def async_dispose(self) -> None:
+    async def async_dispose(self, *, given_too: bool = True) -> None:
         """Close every pooled connection of the async engine (it is recreated on next use)."""
         engine = self._take_async_engine()
-        if engine is not None:
+        if engine is not None and (given_too or not self._config.is_given(engine)):
             await engine.dispose()
             logger.info("disposed async engine for %s", _urls.render(engine.url))
+        await self._replicas.async_dispose()
 
     def _take_async_engine(self) -> AsyncEngine | None:
         with self._lock:
@@ -291,54 +327,87 @@ class Database:
 
     def repoint(self, url: URL | None, async_url: URL | None) -> None:
         """Point at other databases (a test database), disposing the engines it replaces."""
-        self.dispose()
+        self.reconfigure(self._config.with_urls(url, async_url))
+
+    def reconfigure(self, config: Config) -> None:
+        """Use ``config`` from now on (other URLs or engines); dispose the engines we built."""
+        self.dispose(given_too=False)
         engine = self._take_async_engine()
-        if engine is not None:
+        if engine is not None and not self._config.is_given(engine):
             _dispose_outside_loop(engine)
-        self._config = self._config.with_urls(url, async_url)
+        for replica in self._replicas.take_async_engines():
+            _dispose_outside_loop(replica)
+        self._config = config
+        self._replicas = _replica_set(config, self._engine_created)
 
-    def check(self) -> None:
-        """Connect and run ``SELECT 1`` on the sync side.
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's pooled connections, never touching them.
 
-        Raises:
-            DatabaseUnavailableError: The database cannot be reached.
+        SQLAlchemy's recipe for pre-fork servers (``engine.dispose(close=False)``): the child
+        starts with empty pools; the parent's connections stay the parent's. The capacity gate
+        counted the parent's requests, so the child gets a new one.
         """
-        engine = self.engine
-        try:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except DatabaseUnavailableError:
-            raise
-        except Exception as exc:
-            raise _unavailable(engine.url, exc) from exc
-
-    async def async_check(self) -> None:
-        """Async twin of :meth:`check`."""
-        engine = self.async_engine
-        try:
-            async with engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-        except DatabaseUnavailableError:
-            raise
-        except Exception as exc:
-            raise _unavailable(engine.url, exc) from exc
-
-    async def startup(self) -> None:
-        """Check the sides whose URL was given (a derived twin is created on first use)."""
-        if self._binding is not None:
-            return  # a test's outer transaction has proven the connection
-        if self._config.url_given:
-            await anyio.to_thread.run_sync(self.check)
-        if self._config.async_url_given:
-            await self.async_check()
+        for engine in (self._engine, self._async_engine):
+            if engine is not None:
+                getattr(engine, "sync_engine", engine).dispose(close=False)
+        self._replicas.after_fork()
+        self._gate, self._gate_built = None, False
 
     async def shutdown(self) -> None:
         """Dispose both engines; under a test's binding, only close this loop's connection."""
         if self._binding is not None:
             await self._binding.async_close_loop()  # the test owns the engines
             return
-        await self.async_dispose()
-        await anyio.to_thread.run_sync(self.dispose)
+        given_too = self._config.dispose_engines
+        await self.async_dispose(given_too=given_too)
+        await anyio.to_thread.run_sync(lambda: self.dispose(given_too=given_too))
+
+
+def _require(database: Database, url: URL | None, *, side: str) -> URL:
+    """``url``, or the error that says which argument is missing."""
+    if url is not None:
+        return url
+    if side == "sync":
+        raise ConfigurationError(
+            f"{database!r} has no sync URL and none can be derived from its async side. Pass "
+            "url= (e.g. postgresql+psycopg://...) or engine=, or use db.async_session / "
+            "db.async_transaction()."
+        )
+    raise ConfigurationError(
+        f"{database!r} has no async URL and none can be derived from its sync side. Pass "
+        "async_url= (e.g. postgresql+asyncpg://...) or async_engine=, or use the sync API "
+        "(db.session / db.transaction())."
+    )
+
+
+def _replica_set(config: Config, engine_created: Callable[..., None]) -> ReplicaSet:
+    """The replicas of ``config``, their engines made with the primary's options per side."""
+
+    def create(url: URL, *, is_async: bool) -> Engine:
+        if is_async:
+            factory = _compat.require_asyncio().create_async_engine
+            options, side = config.async_engine_options, "async"
+        else:
+            factory, options, side = create_engine, config.engine_options, "sync"
+        engine = _engines.create(factory, url, options, side=side, pgbouncer=config.pgbouncer)
+        sync_engine: Engine = getattr(engine, "sync_engine", engine)
+        engine_created(sync_engine, side=f"{side} replica")
+        return sync_engine
+
+    return ReplicaSet(config.replica_urls, create)
+
+
+_ALL: weakref.WeakSet[Database] = weakref.WeakSet()
+"""Every live Database, so that a forked child can let go of the parent's connections."""
+
+
+def _after_fork_in_child() -> None:
+    for database in list(_ALL):
+        database.after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX: gunicorn/uvicorn workers fork after import
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _dispose_outside_loop(engine: AsyncEngine) -> None:
@@ -350,12 +419,3 @@ def _dispose_outside_loop(engine: AsyncEngine) -> None:
     else:  # cannot block this loop: drop the pool; its connections close as they are freed
         engine.sync_engine.dispose(close=False)
     logger.info("disposed async engine for %s", _urls.render(engine.url))
-
-
-def _unavailable(url: URL, exc: BaseException) -> DatabaseUnavailableError:
-    reason = _urls.mask_text(str(getattr(exc, "orig", None) or exc), url).strip().splitlines()
-    return DatabaseUnavailableError(
-        f"Cannot reach the database at {_urls.render(url)} at startup: "
-        f"{type(exc).__name__}: {reason[0] if reason else ''}. Check that the server is "
-        "running and that host, port, user, password and database name in the URL are right."
-    )

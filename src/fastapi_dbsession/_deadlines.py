@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event
 
 from ._liveness import socket_fd
-from .errors import CommandTimeoutError
+from .errors import CommandTimeoutError, ConfigurationError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine, ExceptionContext
@@ -159,3 +159,15 @@ def _timed_out(seconds: float) -> CommandTimeoutError:
         "or pass command_timeout=None to wait forever; for a limit the server enforces, use "
         "timeout= on the transaction."
     )
+
+
+def checked(value: object, argument: str) -> float | None:
+    """A positive number of seconds, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(
+            f"{argument}={value!r} must be a positive number of seconds, or None to wait "
+            f"without a client-side limit, e.g. {argument}=30."
+        )
+    return float(value)

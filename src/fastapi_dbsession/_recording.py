@@ -61,6 +61,8 @@ class Observability:
     """Log statements that take at least this many seconds (None: no slow-query log)."""
     log_query_parameters: bool = False
     """Show the parameters of slow statements (hidden by default: they may be personal data)."""
+    hold_warning_threshold: float | None = None
+    """Warn about sessions holding a connection this long; report open ones collected."""
 
     @property
     def watches_queries(self) -> bool:

@@ -9,15 +9,18 @@ client a 2xx.)
 
 # No "from __future__ import annotations" here: FastAPI reads these signatures at runtime.
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from contextlib import AsyncExitStack
 from contextvars import Token
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 import fastapi.routing
+import sqlalchemy.exc
 from anyio import CancelScope
-from fastapi import Depends, Response
+from fastapi import Depends, HTTPException, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
@@ -25,7 +28,9 @@ from starlette.requests import HTTPConnection
 from ._capacity import CapacityGate
 from ._database import Database
 from ._frames import Frame, Root, frames_of, sync_view
+from ._holds import hold_of
 from ._recording import QueryStats, request_label
+from ._replicas import Writes, enter_request
 from ._sessions import has_work, is_busy
 from ._units import async_drive, drive, finish_root
 from .errors import PoolTimeoutError
@@ -37,6 +42,62 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SCOPE_KEY = "fastapi_dbsession.commit_policy"
+_WRITES_KEY = "fastapi_dbsession.writes"
+
+RETRY_AFTER_SECONDS = 1
+"""The ``Retry-After`` of a request that found no free connection: the overload is short-lived."""
+
+
+class PoolTimeoutResponse(PoolTimeoutError, HTTPException):
+    """A :class:`PoolTimeoutError` that FastAPI answers with 503 and ``Retry-After``.
+
+    Raised to the app instead of the plain error when a *request* found no free connection:
+    FastAPI's ``HTTPException`` handler turns it into ``503 Service Unavailable``, unless the
+    app registers its own handler for ``PoolTimeoutError`` or ``DBSessionError``, which wins
+    (Starlette looks handlers up along the class's MRO, ours first). The body never names the
+    database; the message (for logs) does, with the password masked.
+    """
+
+    def __init__(self, message: str) -> None:
+        PoolTimeoutError.__init__(self, message)
+        HTTPException.__init__(
+            self,
+            status_code=503,
+            detail="The database is busy: no connection became free in time. Retry later.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+BUSY_LOG_INTERVAL = 10.0
+"""Seconds between two "answered 503" log lines; the ones in between are counted."""
+_busy_log = {"last": -BUSY_LOG_INTERVAL, "quiet": 0}
+
+
+def _busy(message: str) -> PoolTimeoutResponse:
+    """The 503 for a request that found no free connection, logged (rate-limited)."""
+    now = time.monotonic()
+    if now - _busy_log["last"] >= BUSY_LOG_INTERVAL:
+        quiet = int(_busy_log["quiet"])
+        _busy_log["last"], _busy_log["quiet"] = now, 0
+        more = f" ({quiet} more since the last line)" if quiet else ""
+        logger.warning("answered 503 with Retry-After: %s%s", message, more)
+    else:
+        _busy_log["quiet"] += 1
+    return PoolTimeoutResponse(message)
+
+
+def _as_response(database: Database, error: BaseException, *, is_async: bool) -> BaseException:
+    """``error`` itself, or the 503 form of it when no connection became free in time."""
+    if isinstance(error, PoolTimeoutResponse):
+        return error
+    if isinstance(error, PoolTimeoutError):
+        return _busy(str(error))
+    if isinstance(error, sqlalchemy.exc.TimeoutError):  # the pool's own checkout timeout
+        return _busy(str(database.pool_timeout_error(is_async=is_async)))
+    return error
 
 
 def _function_stack_key() -> str | None:
@@ -64,29 +125,74 @@ def _function_stack_key() -> str | None:
 FUNCTION_STACK_KEY = _function_stack_key()
 
 
+_RouteRule = tuple[CommitPolicy, Container[int] | None]
+
+
 def commit_policy_dependency(
-    database: Database, policy: CommitPolicy
+    database: Database, policy: CommitPolicy, statuses: Container[int] | None = None
 ) -> Callable[[HTTPConnection], Awaitable[None]]:
-    """Build the route dependency that overrides ``database``'s commit policy for one route."""
+    """Build the route dependency that overrides ``database``'s commit rule for one route.
+
+    ``statuses`` None keeps the manager's ``commit_statuses``.
+    """
 
     async def commit_policy(connection: HTTPConnection) -> None:
-        connection.scope.setdefault(_SCOPE_KEY, {})[id(database)] = policy
+        rule = (policy, database.config.commit_statuses if statuses is None else statuses)
+        connection.scope.setdefault(_SCOPE_KEY, {})[id(database)] = rule
 
     return commit_policy
 
 
-def _route_policy(connection: HTTPConnection, database: Database) -> CommitPolicy:
-    default = database.config.commit_policy
-    chosen: dict[int, CommitPolicy] | None = connection.scope.get(_SCOPE_KEY)
-    if chosen is None:
-        return default
-    return chosen.get(id(database), default)
+def _route_rule(connection: HTTPConnection, database: Database) -> _RouteRule:
+    chosen: dict[int, _RouteRule] | None = connection.scope.get(_SCOPE_KEY)
+    rule = None if chosen is None else chosen.get(id(database))
+    if rule is None:
+        return database.config.commit_policy, database.config.commit_statuses
+    return rule
+
+
+def _status(connection: HTTPConnection, response: Response) -> int | None:
+    """The status set on the injected ``Response``, else the route's declared one."""
+    if response.status_code is not None:
+        return response.status_code
+    declared = getattr(connection.scope.get("route"), "status_code", None)
+    return declared if isinstance(declared, int) else None
+
+
+def _enter_writes(connection: HTTPConnection, response: Response, database: Database) -> None:
+    """Give the request its record of writes (read-your-writes across its sessions), once."""
+    if not database.config.replica_urls or database.is_bound:
+        return
+    store: dict[int, Writes] = connection.scope.setdefault(_WRITES_KEY, {})
+    enter_request(store)
+    if id(database) in store:
+        return
+    writes = store[id(database)] = Writes()
+    sticky = database.config.sticky_window
+    if sticky is None:
+        return
+    carried = connection.cookies.get(sticky.cookie) if sticky.cookie else None
+    if sticky.header:
+        carried = connection.headers.get(sticky.header)
+    writes.wrote = sticky.is_open(carried, time.time())
+
+    def mark_client() -> None:  # the first write of this request: open the client's window
+        until = f"{time.time() + sticky.seconds:.3f}"
+        if sticky.cookie:
+            # Max-Age counts whole seconds (and cookie jars round "now" down): one more second
+            # than the window; the value itself is what decides (StickyWindow.is_open).
+            max_age = math.ceil(sticky.seconds) + 1
+            response.set_cookie(sticky.cookie, until, max_age=max_age, httponly=True)
+        else:
+            response.headers[sticky.header or ""] = until
+
+    writes.on_first_write = mark_client
 
 
 _Opened = tuple[
     Any,
     Frame,
-    "Token[Frame | None]",
+    "Token[Frame | None] | None",
     CapacityGate | None,
     "tuple[QueryStats, Token[QueryStats | None]] | None",
 ]
@@ -95,28 +201,34 @@ _Opened = tuple[
 class _RequestUnit:
     """Open and end the request transaction of one database, for one side (sync or async).
 
-    Both ways of hooking into FastAPI (below) use this one implementation.
+    Both ways of hooking into FastAPI (below) use this one implementation. A read unit
+    (``db.read_session``) never commits and is not the context's unit: ``@transactional`` and
+    ``db.transaction()`` never join it.
     """
 
-    __slots__ = ("database", "frames", "is_async")
+    __slots__ = ("database", "dependency", "frames", "is_async", "is_read")
 
-    def __init__(self, database: Database, *, is_async: bool) -> None:
+    def __init__(self, database: Database, *, is_async: bool, is_read: bool = False) -> None:
         self.database = database
         self.is_async = is_async
+        self.is_read = is_read
         self.frames = frames_of(is_async=is_async)
+        self.dependency: Callable[..., Any] | None = None  # what routes name in Depends()
 
-    async def open(self, connection: HTTPConnection) -> _Opened:
+    async def open(self, connection: HTTPConnection, response: Response) -> _Opened:
         """Take a pool permit (sync), make the session and make it the context's unit."""
         database = self.database
+        _enter_writes(connection, response, database)
+        read = self.is_read or _route_rule(connection, database)[0] == "read_only"
         gate = None if self.is_async else database.capacity_gate()
         if gate is not None and not await gate.acquire(gate.timeout):
-            raise PoolTimeoutError(gate.timeout_message)
+            raise _busy(gate.timeout_message)
         session: Any
         try:
             if self.is_async:
-                session = await database.async_new_session()
+                session = await database.async_new_session(read=read)
             else:
-                session = database.new_session()
+                session = database.new_session(read=read)
         except BaseException:
             if gate is not None:
                 gate.release()
@@ -126,10 +238,22 @@ class _RequestUnit:
             root=Root(session=session, owns_session=True, is_request=True),
             parent=self.frames.get(),
         )
+        token = None if self.is_read else self.frames.set(frame)
         recording = None
         if database.recorder is not None:
             recording = database.recorder.start(_label(connection), connection.scope)
-        return session, frame, self.frames.set(frame), gate, recording
+        if database.config.observability.hold_warning_threshold is not None:
+            self._describe_hold(session, connection)
+        return session, frame, token, gate, recording
+
+    def _describe_hold(self, session: object, connection: HTTPConnection) -> None:
+        """Name the request and the dependency that asked for its session, for hold warnings."""
+        hold = hold_of(session)
+        if hold is None:
+            return
+        hold.request = _label(connection)
+        route, dependency = connection.scope.get("route"), self.dependency
+        hold.describe_origin = lambda: _asked_by(route, dependency)
 
     async def end(
         self,
@@ -138,22 +262,55 @@ class _RequestUnit:
         response: Response,
         error: BaseException | None,
     ) -> None:
-        """Commit or roll back (by the route's policy and what happened), close, run hooks."""
+        """Commit or roll back (by the route's policy and what happened), close, run hooks.
+
+        Raises:
+            PoolTimeoutResponse: ``error`` was a pool checkout timeout: the client gets a 503.
+        """
         _, frame, token, gate, recording = opened
         try:
-            commit = error is None and should_commit(
-                _route_policy(connection, self.database), None, response.status_code
-            )
+            policy, statuses = _route_rule(connection, self.database)
+            if self.is_read:
+                policy = "read_only"
+            status = _status(connection, response)
+            commit = error is None and should_commit(policy, None, status, statuses)
             await _finish(frame, commit, is_async=self.is_async)
             if error is None:
                 logger.debug("request session %s", "committed" if commit else "rolled back")
         finally:
-            self.frames.reset(token)
+            if token is not None:
+                self.frames.reset(token)
             if gate is not None:
                 gate.release()
             if recording is not None:
                 assert self.database.recorder is not None
                 self.database.recorder.stop(*recording)
+        if error is not None:
+            replacement = _as_response(self.database, error, is_async=self.is_async)
+            if replacement is not error:
+                raise replacement from error
+
+
+def _asked_by(route: object, dependency: object) -> str:
+    """``requested by Depends(db.session) in get_user (app/auth.py:12)``, found in the route."""
+    found: list[object] = []
+
+    def walk(dependant: Any) -> None:
+        for child in getattr(dependant, "dependencies", ()):
+            if child.call is dependency:
+                found.append(dependant.call)
+            walk(child)
+
+    walk(getattr(route, "dependant", None))
+    if not found:
+        return "made for this request by Depends(db.session)"
+    where = []
+    for function in dict.fromkeys(found):  # each dependant once, outermost first
+        code = getattr(function, "__code__", None)
+        name = getattr(function, "__qualname__", repr(function))
+        place = "" if code is None else f" ({code.co_filename}:{code.co_firstlineno})"
+        where.append(f"{name}{place}")
+    return "made for this request by Depends(db.session) in " + ", ".join(where)
 
 
 def _label(connection: HTTPConnection) -> str:
@@ -164,7 +321,9 @@ def _label(connection: HTTPConnection) -> str:
     )
 
 
-def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., Awaitable[Any]]:
+def _request_dependency(
+    database: Database, *, is_async: bool, is_read: bool = False
+) -> Callable[..., Awaitable[Any]]:
     """Build ``db.session`` / ``db.async_session``.
 
     Where FastAPI keeps its function-scoped exit stack in the request scope (0.121 and later,
@@ -173,13 +332,13 @@ def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., 
     dependency ends, without a second dependency level or a generator per request. Otherwise
     it is a plain dependency over a ``scope="function"`` yield dependency.
     """
-    unit = _RequestUnit(database, is_async=is_async)
+    unit = _RequestUnit(database, is_async=is_async, is_read=is_read)
     if FUNCTION_STACK_KEY is None:
         return _nested_dependency(unit)
 
     async def request_session(connection: HTTPConnection, response: Response) -> Any:
         stack: AsyncExitStack = connection.scope[FUNCTION_STACK_KEY]
-        opened = await unit.open(connection)
+        opened = await unit.open(connection, response)
 
         async def end(
             kind: type[BaseException] | None, error: BaseException | None, traceback: object
@@ -190,6 +349,7 @@ def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., 
         stack.push_async_exit(end)
         return opened[0]
 
+    unit.dependency = request_session
     return request_session
 
 
@@ -199,7 +359,7 @@ def _nested_dependency(unit: _RequestUnit) -> Callable[..., Awaitable[Any]]:
     async def request_session_scope(
         connection: HTTPConnection, response: Response
     ) -> AsyncIterator[Any]:
-        opened = await unit.open(connection)
+        opened = await unit.open(connection, response)
         try:
             yield opened[0]
         except BaseException as error:
@@ -212,6 +372,7 @@ def _nested_dependency(unit: _RequestUnit) -> Callable[..., Awaitable[Any]]:
     ) -> Any:
         return session
 
+    unit.dependency = request_session
     return request_session
 
 
@@ -250,3 +411,13 @@ def session_dependency(database: Database) -> Callable[..., Awaitable[Session]]:
 def async_session_dependency(database: Database) -> "Callable[..., Awaitable[AsyncSession]]":
     """Build ``db.async_session``: the request's AsyncSession, finished before the response."""
     return _request_dependency(database, is_async=True)
+
+
+def read_session_dependency(database: Database) -> Callable[..., Awaitable[Session]]:
+    """Build ``db.read_session``: a read-only request session (a replica when there are some)."""
+    return _request_dependency(database, is_async=False, is_read=True)
+
+
+def async_read_session_dependency(database: Database) -> "Callable[..., Awaitable[AsyncSession]]":
+    """Build ``db.async_read_session``: the async twin of ``db.read_session``."""
+    return _request_dependency(database, is_async=True, is_read=True)
