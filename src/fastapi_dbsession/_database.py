@@ -15,8 +15,8 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio.to_thread
 from sqlalchemy import create_engine
@@ -115,14 +115,7 @@ class Database:
         if self._config.engine is not None:
             return self._config.engine  # the user's, used as it is
         url = _require(self, self._config.url, side="sync")
-        engine = _engines.create(
-            create_engine,
-            url,
-            self._config.engine_options,
-            side="sync",
-            pgbouncer=self._config.pgbouncer,
-            timeouts=(self._config.connect_timeout, self._config.command_timeout),
-        )
+        engine = _create(self._config, create_engine, url, self._config.engine_options, "sync")
         self._engine_created(engine, side="sync")
         return engine
 
@@ -140,14 +133,7 @@ class Database:
                 self._config.url.get_driver_name() if self._config.url else "the sync driver",
                 url.get_driver_name(),
             )
-        engine: AsyncEngine = _engines.create(
-            create_async_engine,
-            url,
-            options,
-            side="async",
-            pgbouncer=self._config.pgbouncer,
-            timeouts=(self._config.connect_timeout, self._config.command_timeout),
-        )
+        engine: AsyncEngine = _create(self._config, create_async_engine, url, options, "async")
         self._engine_created(engine.sync_engine, side="async")
         return engine
 
@@ -419,3 +405,17 @@ def _dispose_outside_loop(engine: AsyncEngine) -> None:
     else:  # cannot block this loop: drop the pool; its connections close as they are freed
         engine.sync_engine.dispose(close=False)
     logger.info("disposed async engine for %s", _urls.render(engine.url))
+
+
+def _create(
+    config: Config, factory: Callable[..., _T], url: URL, options: Mapping[str, Any], side: str
+) -> _T:
+    """Build one side's engine with the configuration's driver presets and deadlines."""
+    return _engines.create(
+        factory,
+        url,
+        options,
+        side=side,
+        pgbouncer=config.pgbouncer,
+        timeouts=(config.connect_timeout, config.command_timeout),
+    )

@@ -82,14 +82,8 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet, 
         pgbouncer: The database is reached through PgBouncer in transaction (or statement)
             pooling mode: every PostgreSQL driver is kept off server-side prepared statements
             (see docs/scaling.md).
-        command_timeout: Client-side deadline, in seconds, of each round trip to the server
-            (statement, COMMIT, ROLLBACK, ping). Past it the connection is closed and
-            discarded and ``CommandTimeoutError`` is raised, even if the server is frozen.
-            ``None``: no limit. Default 60. Not for SQLite.
-        connect_timeout: Client-side deadline, in seconds, of opening a connection (given to
-            the driver: libpq ``connect_timeout``, asyncpg ``timeout``, PyMySQL/aiomysql
-            ``connect_timeout``) unless the URL or ``connect_args`` set it. ``None``: the
-            driver's default. Default 10.
+        command_timeout: Client-side seconds per round trip, then ``CommandTimeoutError``.
+        connect_timeout: Client-side seconds to open a connection (given to the driver).
 
     Raises:
         ConfigurationError: No URL or engine, a malformed URL, options of the wrong type,
@@ -133,12 +127,10 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet, 
         connect_timeout: float | None = 10.0,
     ) -> None:
         config = _config.build_config(**_arguments(locals()))
-        self._database = Database(config)  # the one seam fastapi_dbsession.testing uses
+        self._database = database = Database(config)  # the seam fastapi_dbsession.testing uses
         self._prober = Prober(self._database)
         self._policy_dependencies: dict[str, Callable[[HTTPConnection], Awaitable[None]]] = {}
-        self.session: Callable[..., Awaitable[Session]] = dependencies.session_dependency(
-            self._database
-        )
+        self.session: Callable[..., Awaitable[Session]] = dependencies.session_dependency(database)
         """Dependency giving the request's sync ``Session``: ``Depends(db.session)``."""
         self.async_session: Callable[..., Awaitable[AsyncSession]] = (
             dependencies.async_session_dependency(self._database)
@@ -324,10 +316,8 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet, 
         """Check connectivity at startup and dispose the engines at shutdown.
 
         ``FastAPI(lifespan=db.lifespan)``, or ``async with db.lifespan(app):`` in your own.
-        Only the URLs you gave are checked: a derived twin is created on first use.
-
-        The check retries ``startup_retries`` times with backoff, each attempt within
-        ``startup_timeout`` seconds.
+        Only the URLs you gave are checked: a derived twin is created on first use. The check
+        retries ``startup_retries`` times with backoff, each within ``startup_timeout`` seconds.
 
         Raises:
             DatabaseUnavailableError: A configured database cannot be reached; names host and
