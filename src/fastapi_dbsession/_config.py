@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from . import _drivers, _engines, _urls
 from ._recording import Observability
-from ._replicas import StickyWindow, check_sticky, pair_replicas
+from ._replicas import StickyWindow, check_sticky, check_twophase, pair_replicas
 from .errors import ConfigurationError
 from .propagation import CommitPolicy, check_policy, check_statuses
 
@@ -60,6 +60,8 @@ class Config:
     """Deadline of each startup attempt, in seconds."""
     pool_saturation_warning: float | None = 0.9
     """Warn when this fraction of the pool is checked out (None: off)."""
+    twophase: bool = False
+    """Request sessions of several twophase managers commit by PREPARE, then COMMIT PREPARED."""
     pgbouncer: bool = False
     """Keep every PostgreSQL driver off server-side prepared statements (PgBouncer)."""
     unshared_connect_args: tuple[str, ...] = ()
@@ -135,6 +137,7 @@ def build_config(
     startup_retries: int = 3,
     startup_timeout: float = 5.0,
     pool_saturation_warning: float | None = 0.9,
+    twophase: bool = False,
     pgbouncer: bool = False,
     name: str | None = None,
     record_queries: bool = False,
@@ -177,6 +180,11 @@ def build_config(
     checked_engine_options = _engines.check_options(engine_options, argument="engine_options")
     shared_options, unshared = _async_side(checked_engine_options, final_url, final_async)
     session_defaults = _engines.check_options(session_options, argument="session_options")
+    if twophase is not False:
+        session_defaults = {
+            **session_defaults,
+            "twophase": check_twophase(twophase, final_url or final_async),
+        }
     if not (isinstance(session_class, type) and issubclass(session_class, Session)):
         raise ConfigurationError(
             f"session_class must be a subclass of sqlalchemy.orm.Session, not {session_class!r}."
@@ -193,6 +201,7 @@ def build_config(
             else _engines.check_options(async_engine_options, argument="async_engine_options")
         ),
         session_options=session_defaults,
+        twophase=twophase,
         async_session_options={
             "expire_on_commit": False,
             **session_defaults,

@@ -8,6 +8,7 @@ client a 2xx.)
 """
 
 # No "from __future__ import annotations" here: FastAPI reads these signatures at runtime.
+import functools
 import logging
 import math
 import time
@@ -22,10 +23,12 @@ import sqlalchemy.exc
 from anyio import CancelScope
 from fastapi import Depends, HTTPException, Response
 from sqlalchemy.orm import Session
+from sqlalchemy.util import greenlet_spawn
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from ._capacity import CapacityGate
+from ._commit_group import Arrival, CommitGroup, finish_all
 from ._database import Database
 from ._frames import Frame, Root, frames_of, sync_view
 from ._holds import hold_of
@@ -43,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 _SCOPE_KEY = "fastapi_dbsession.commit_policy"
 _WRITES_KEY = "fastapi_dbsession.writes"
+_SYNC_GROUP_KEY = "fastapi_dbsession.commit_group.sync"
+_ASYNC_GROUP_KEY = "fastapi_dbsession.commit_group.async"
 
 RETRY_AFTER_SECONDS = 1
 """The ``Retry-After`` of a request that found no free connection: the overload is short-lived."""
@@ -238,7 +243,10 @@ class _RequestUnit:
             root=Root(session=session, owns_session=True, is_request=True),
             parent=self.frames.get(),
         )
-        token = None if self.is_read else self.frames.set(frame)
+        token = None
+        if not self.is_read:  # a read session never commits: it ends on its own
+            token = self.frames.set(frame)
+            self._group(connection).join(frame)
         recording = None
         if database.recorder is not None:
             recording = database.recorder.start(_label(connection), connection.scope)
@@ -268,27 +276,61 @@ class _RequestUnit:
             PoolTimeoutResponse: ``error`` was a pool checkout timeout: the client gets a 503.
         """
         _, frame, token, gate, recording = opened
+        group = None if self.is_read else self._group(connection)
+        release: Callable[[], None] = functools.partial(self._release, gate, recording)
         try:
             policy, statuses = _route_rule(connection, self.database)
             if self.is_read:
                 policy = "read_only"
             status = _status(connection, response)
             commit = error is None and should_commit(policy, None, status, statuses)
-            await _finish(frame, commit, is_async=self.is_async)
+            if group is not None and group.is_shared:  # several databases: end them together
+                release, arrival = _nothing, Arrival(self.database, frame, commit, release)
+                ending = group.arrive(arrival)
+                if ending is not None:
+                    await _finish_group(ending, is_async=self.is_async)
+            else:
+                await _finish(frame, commit, is_async=self.is_async)
             if error is None:
                 logger.debug("request session %s", "committed" if commit else "rolled back")
         finally:
             if token is not None:
                 self.frames.reset(token)
-            if gate is not None:
-                gate.release()
-            if recording is not None:
-                assert self.database.recorder is not None
-                self.database.recorder.stop(*recording)
+            release()
         if error is not None:
             replacement = _as_response(self.database, error, is_async=self.is_async)
             if replacement is not error:
                 raise replacement from error
+
+    def _group(self, connection: HTTPConnection) -> CommitGroup:
+        """This request's group of request sessions on this side (several databases)."""
+        key = _ASYNC_GROUP_KEY if self.is_async else _SYNC_GROUP_KEY
+        group: CommitGroup = connection.scope.setdefault(key, CommitGroup())
+        return group
+
+    def _release(self, gate: CapacityGate | None, recording: Any) -> None:
+        if gate is not None:
+            gate.release()
+        if recording is not None:
+            assert self.database.recorder is not None
+            self.database.recorder.stop(*recording)
+
+
+def _nothing() -> None:
+    return None
+
+
+async def _finish_group(arrivals: list[Arrival], *, is_async: bool) -> None:
+    """End several databases' request sessions together (see :mod:`._commit_group`)."""
+    with CancelScope(shield=True):
+        if is_async:
+            await greenlet_spawn(finish_all, arrivals, _drive_in_greenlet)
+        else:
+            await run_in_threadpool(finish_all, arrivals, drive)
+
+
+def _drive_in_greenlet(flow: Any) -> Any:
+    return drive(flow, in_greenlet=True)
 
 
 def _asked_by(route: object, dependency: object) -> str:
