@@ -15,6 +15,7 @@ from .errors import (
     NoActiveTransactionError,
     PoolTimeoutError,
     SessionFinishedError,
+    SyncAsyncMismatchError,
     TransactionExistsError,
     UnexpectedRollbackError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "PoolTimeoutError",
     "Propagation",
     "SessionFinishedError",
+    "SyncAsyncMismatchError",
     "TransactionExistsError",
     "UnexpectedRollbackError",
     "transactional",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from . import _drivers, _engines, _urls
+from . import _checks, _drivers, _engines, _urls
 from .errors import ConfigurationError
 from .propagation import CommitPolicy, check_policy
 
@@ -86,13 +86,20 @@ def build_config(
         raise ConfigurationError(f"pgbouncer must be True or False, not {pgbouncer!r}.")
     if pgbouncer:
         _drivers.check_pgbouncer((final_url, final_async))
-    checked_engine_options = _engines.check_options(engine_options, argument="engine_options")
+    checked_engine_options = _engines.check_engine_options(
+        engine_options, argument="engine_options"
+    )
     shared_options, unshared = _async_side(checked_engine_options, final_url, final_async)
     session_defaults = _engines.check_options(session_options, argument="session_options")
     if not (isinstance(session_class, type) and issubclass(session_class, Session)):
         raise ConfigurationError(
             f"session_class must be a subclass of sqlalchemy.orm.Session, not {session_class!r}."
+            " For an AsyncSession class, use async_session_class=."
         )
+    async_defaults = _engines.check_options(async_session_options, argument="async_session_options")
+    _check_session_options(
+        session_defaults, async_defaults, session_class, _check_async_class(async_session_class)
+    )
     return Config(
         url=final_url,
         async_url=final_async,
@@ -102,19 +109,61 @@ def build_config(
         async_engine_options=(
             shared_options
             if async_engine_options is None
-            else _engines.check_options(async_engine_options, argument="async_engine_options")
+            else _engines.check_engine_options(
+                async_engine_options, argument="async_engine_options"
+            )
         ),
         session_options=session_defaults,
         async_session_options={
             "expire_on_commit": False,
             **session_defaults,
-            **_engines.check_options(async_session_options, argument="async_session_options"),
+            **async_defaults,
         },
         session_class=session_class,
         async_session_class=async_session_class,
         commit_policy=check_policy(commit_policy, argument="commit_policy"),
         pgbouncer=pgbouncer,
         unshared_connect_args=unshared if async_engine_options is None else (),
+    )
+
+
+def _check_async_class(cls: object) -> type[Session]:
+    """Refuse an ``async_session_class`` that is not an ``AsyncSession``; its sync class.
+
+    Judged by the MRO, so that sqlalchemy.ext.asyncio (and greenlet) is not imported here.
+    """
+    if cls is None:
+        return Session
+    if not (
+        isinstance(cls, type)
+        and any(
+            base.__name__ == "AsyncSession" and base.__module__.startswith("sqlalchemy.ext.asyncio")
+            for base in cls.__mro__
+        )
+    ):
+        raise ConfigurationError(
+            "async_session_class must be a subclass of sqlalchemy.ext.asyncio.AsyncSession "
+            f"(e.g. sqlmodel.ext.asyncio.session.AsyncSession), not {cls!r}. A sync Session "
+            "class goes to session_class=."
+        )
+    sync_class: type[Session] = getattr(cls, "sync_session_class", Session)
+    return sync_class
+
+
+def _check_session_options(
+    shared: Mapping[str, Any],
+    async_only: Mapping[str, Any],
+    session_class: type[Session],
+    async_sync_class: type[Session],
+) -> None:
+    """Check the session options against what each side's sessionmaker and class take."""
+    _checks.session_keys(shared, session_class, argument="session_options")
+    _checks.session_keys(shared, async_sync_class, argument="session_options")
+    _checks.session_keys(
+        async_only,
+        async_sync_class,
+        argument="async_session_options",
+        extra=frozenset({"sync_session_class"}),
     )
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
 
-from . import _drivers, _liveness, _urls
+from . import _checks, _drivers, _liveness, _urls
 from .errors import ConfigurationError, DatabaseUnavailableError, MissingDriverError
 
 if TYPE_CHECKING:
@@ -48,17 +48,27 @@ def check_options(options: object, *, argument: str) -> dict[str, Any]:
     checked = dict(options)
     for name, value in checked.items():
         if not isinstance(name, str):
-            raise ConfigurationError(f"{argument} keys must be strings, got {name!r}.")
+            raise ConfigurationError(
+                f"{argument} keys must be strings (keyword argument names, e.g. "
+                f'"pool_size"), got {name!r}.'
+            )
         expected = _OPTION_TYPES.get(name)
         if expected is not None and (
             not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)
         ):
             names = " or ".join(t.__name__ for t in expected)
+            shown = "" if name == "connect_args" else f" ({value!r})"  # may hold a password
             raise ConfigurationError(
-                f"{argument}[{name!r}] must be {names}, not {type(value).__name__} "
-                f"({value!r}). Convert it before passing it (values read from the environment "
-                "are strings)."
+                f"{argument}[{name!r}] must be {names}, not {type(value).__name__}{shown}. "
+                "Convert it before passing it (values read from the environment are strings)."
             )
+    return checked
+
+
+def check_engine_options(options: object, *, argument: str) -> dict[str, Any]:
+    """Validate ``engine_options`` / ``async_engine_options``: types, then values."""
+    checked = check_options(options, argument=argument)
+    _checks.engine_values(checked, argument=argument)
     return checked
 
 

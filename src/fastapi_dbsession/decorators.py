@@ -18,7 +18,7 @@ from typing_extensions import ParamSpec
 
 from ._frames import async_frames, sync_frames
 from ._units import async_drive, drive, unit_flow
-from .errors import ConfigurationError
+from .errors import ConfigurationError, SyncAsyncMismatchError
 from .propagation import Propagation, UnitOptions, make_options, plan_retry
 
 if TYPE_CHECKING:
@@ -300,6 +300,8 @@ class _SessionArgument:
         self.func = func
         self.is_async = is_async
         self.name, self.index = _session_parameter(func)
+        if self.name is not None:
+            _check_annotation(func, self.name, is_async=is_async)
 
     def passed(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
         """The session the caller passed, or None."""
@@ -312,7 +314,7 @@ class _SessionArgument:
         if value is None or value is CURRENT_SESSION or _is_dependency_marker(value):
             return None  # the default: the unit passes the session of its context
         if _is_async_session(value) != self.is_async:
-            raise ConfigurationError(_kind_mismatch(self.func, is_async=self.is_async))
+            raise SyncAsyncMismatchError(_kind_mismatch(self.func, is_async=self.is_async))
         return value
 
     def fill(self, kwargs: dict[str, Any], passed: object, session: object) -> dict[str, Any]:
@@ -320,6 +322,47 @@ class _SessionArgument:
         if self.name is None or passed is not None:
             return kwargs
         return {**kwargs, self.name: session}
+
+
+def _check_annotation(func: Callable[..., Any], name: str, *, is_async: bool) -> None:
+    """Refuse, at decoration, a session parameter annotated with the other side's class.
+
+    An ``async def`` unit gets an ``AsyncSession``: annotated ``Session``, its un-awaited
+    calls would never run (and the reverse for a ``def``).
+    """
+    annotation = inspect.signature(func).parameters[name].annotation
+    kind = _annotation_kind(annotation)
+    if kind is None or kind == ("async" if is_async else "sync"):
+        return
+    if is_async:
+        raise SyncAsyncMismatchError(
+            f"{func.__qualname__} is an async function, but its session parameter {name!r} is "
+            "annotated Session: it will be given an AsyncSession, whose methods must be "
+            "awaited. Annotate it AsyncSession (from sqlalchemy.ext.asyncio), or make the "
+            "function a plain def."
+        )
+    raise SyncAsyncMismatchError(
+        f"{func.__qualname__} is a sync function, but its session parameter {name!r} is "
+        "annotated AsyncSession: it will be given a Session. Annotate it Session (from "
+        "sqlalchemy.orm), or make the function an async def."
+    )
+
+
+def _annotation_kind(annotation: object) -> str | None:
+    """``"sync"`` for a Session annotation, ``"async"`` for AsyncSession, else None."""
+    if isinstance(annotation, str):  # a postponed annotation: judge by the name
+        if re.search(r"\bAsyncSession\b", annotation):
+            return "async"
+        return "sync" if re.search(r"\bSession\b", annotation) else None
+    if isinstance(annotation, type):
+        if not _is_session_class(annotation):
+            return None
+        return "async" if _is_async_session_class(annotation) else "sync"
+    origin = getattr(annotation, "__origin__", None)  # Annotated[Session, Depends(...)]
+    if isinstance(origin, type) and _is_session_class(origin):
+        return _annotation_kind(origin)
+    kinds = {_annotation_kind(argument) for argument in typing.get_args(annotation)} - {None}
+    return kinds.pop() if len(kinds) == 1 else None
 
 
 def _kind_mismatch(func: Callable[..., Any], *, is_async: bool) -> str:
@@ -373,7 +416,11 @@ def _usable(func: Callable[..., Any], parameter: inspect.Parameter, index: int) 
 def _is_session_class(annotation: type) -> bool:
     from sqlalchemy.orm import Session
 
-    return issubclass(annotation, Session) or any(
+    return issubclass(annotation, Session) or _is_async_session_class(annotation)
+
+
+def _is_async_session_class(annotation: type) -> bool:
+    return any(
         base.__name__ == "AsyncSession" and base.__module__.startswith("sqlalchemy.ext.asyncio")
         for base in annotation.__mro__
     )

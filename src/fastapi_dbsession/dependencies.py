@@ -8,7 +8,9 @@ client a 2xx.)
 """
 
 # No "from __future__ import annotations" here: FastAPI reads these signatures at runtime.
+import inspect
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from contextvars import Token
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import fastapi.routing
 from anyio import CancelScope
-from fastapi import Depends, Response
+from fastapi import Depends, Response, params
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
@@ -27,7 +29,7 @@ from ._database import Database
 from ._frames import Frame, Root, frames_of, sync_view
 from ._sessions import has_work, is_busy
 from ._units import async_drive, drive, finish_root
-from .errors import PoolTimeoutError
+from .errors import PoolTimeoutError, SyncAsyncMismatchError
 from .propagation import CommitPolicy, should_commit
 
 if TYPE_CHECKING:
@@ -150,31 +152,43 @@ def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., 
     it is a plain dependency over a ``scope="function"`` yield dependency.
     """
     unit = _RequestUnit(database, is_async=is_async)
+    guard = _EndpointGuard() if is_async else None
     if FUNCTION_STACK_KEY is None:
-        return _nested_dependency(unit)
+        dependency = _nested_dependency(unit, guard)
+    else:
 
-    async def request_session(connection: HTTPConnection, response: Response) -> Any:
-        stack: AsyncExitStack = connection.scope[FUNCTION_STACK_KEY]
-        opened = await unit.open()
+        async def request_session(connection: HTTPConnection, response: Response) -> Any:
+            if guard is not None:
+                guard.check(connection.scope)
+            stack: AsyncExitStack = connection.scope[FUNCTION_STACK_KEY]
+            opened = await unit.open()
 
-        async def end(
-            kind: type[BaseException] | None, error: BaseException | None, traceback: object
-        ) -> bool:
-            await unit.end(opened, connection, response, error)
-            return False  # never swallow what the endpoint raised
+            async def end(
+                kind: type[BaseException] | None, error: BaseException | None, traceback: object
+            ) -> bool:
+                await unit.end(opened, connection, response, error)
+                return False  # never swallow what the endpoint raised
 
-        stack.push_async_exit(end)
-        return opened[0]
+            stack.push_async_exit(end)
+            return opened[0]
 
-    return request_session
+        dependency = request_session
+    if guard is not None:
+        guard.dependency = dependency
+        _GUARDS[dependency] = guard
+    return dependency
 
 
-def _nested_dependency(unit: _RequestUnit) -> Callable[..., Awaitable[Any]]:
+def _nested_dependency(
+    unit: _RequestUnit, guard: "_EndpointGuard | None"
+) -> Callable[..., Awaitable[Any]]:
     """The portable form: a plain dependency over a function-scoped yield dependency."""
 
     async def request_session_scope(
         connection: HTTPConnection, response: Response
     ) -> AsyncIterator[Any]:
+        if guard is not None:
+            guard.check(connection.scope)
         opened = await unit.open()
         try:
             yield opened[0]
@@ -189,6 +203,81 @@ def _nested_dependency(unit: _RequestUnit) -> Callable[..., Awaitable[Any]]:
         return session
 
     return request_session
+
+
+class _EndpointGuard:
+    """Refuse a ``def`` endpoint that takes the AsyncSession: at startup, or its first request.
+
+    A ``def`` endpoint runs in a worker thread: the AsyncSession's methods return coroutines
+    it cannot await, and FastAPI would answer 200 with ``"<coroutine ...>"``. Each endpoint is
+    judged once (a set look-up per request after that).
+    """
+
+    __slots__ = ("dependency", "seen")
+
+    def __init__(self) -> None:
+        self.dependency: object = None
+        self.seen: set[int] = set()
+
+    def check(self, scope: Any) -> None:
+        endpoint = scope.get("endpoint")
+        if id(endpoint) in self.seen:
+            return
+        message = self.misuse(endpoint)
+        if message is not None:
+            raise SyncAsyncMismatchError(message)
+        self.seen.add(id(endpoint))
+
+    def misuse(self, endpoint: object) -> str | None:
+        """Why ``endpoint`` cannot take this AsyncSession, or None when it can."""
+        if not callable(endpoint) or _is_async_callable(endpoint):
+            return None
+        if not any(self._asks_for_it(p) for p in _parameters(endpoint)):
+            return None
+        name = getattr(endpoint, "__qualname__", repr(endpoint))
+        return (
+            f"{name} is a def endpoint, but it depends on db.async_session: a def endpoint "
+            "runs in a worker thread and cannot await the AsyncSession (its calls return "
+            'coroutines that never run; FastAPI would answer 200 with "<coroutine ...>"). '
+            "Make the endpoint an async def, or use Depends(db.session) for a sync Session."
+        )
+
+    def _asks_for_it(self, parameter: inspect.Parameter) -> bool:
+        markers = [parameter.default, *getattr(parameter.annotation, "__metadata__", ())]
+        return any(
+            isinstance(marker, params.Depends) and marker.dependency is self.dependency
+            for marker in markers
+        )
+
+
+_GUARDS: "weakref.WeakKeyDictionary[object, _EndpointGuard]" = weakref.WeakKeyDictionary()
+
+
+def _is_async_callable(call: object) -> bool:
+    function = call if inspect.isroutine(call) else getattr(call, "__call__", call)  # noqa: B004
+    return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+
+
+def _parameters(call: object) -> list[inspect.Parameter]:
+    try:
+        return list(inspect.signature(call, eval_str=True).parameters.values())  # type: ignore[arg-type]
+    except (TypeError, ValueError, NameError):
+        return []
+
+
+def check_endpoints(app: object, async_session: object) -> None:
+    """Refuse, at startup, ``def`` endpoints of ``app`` that take ``async_session``.
+
+    Raises:
+        SyncAsyncMismatchError: One does; the message names it and the fix.
+    """
+    guard = _GUARDS.get(async_session)
+    if guard is None:
+        return
+    for route in getattr(app, "routes", ()):
+        message = guard.misuse(getattr(route, "endpoint", None))
+        if message is not None:
+            raise SyncAsyncMismatchError(message)
 
 
 def _needs_io(frame: Frame) -> bool:

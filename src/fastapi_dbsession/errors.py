@@ -6,8 +6,9 @@ the likely cause and the fix. No message contains a database password.
 ```
 DBSessionError
 ├── ConfigurationError(DBSessionError, ValueError)        bad URL, option, policy
-│   └── MissingDriverError(ConfigurationError, ImportError)  driver or greenlet not installed
-├── DatabaseUnavailableError(DBSessionError, ConnectionError)  startup check failed
+│   ├── MissingDriverError(ConfigurationError, ImportError)  driver or greenlet not installed
+│   └── SyncAsyncMismatchError(ConfigurationError, TypeError)  sync API in async code, or back
+├── DatabaseUnavailableError(DBSessionError, ConnectionError)  cannot connect (startup, first use)
 ├── PoolTimeoutError(DBSessionError, TimeoutError)        no connection became free in time
 ├── SessionFinishedError(DBSessionError, RuntimeError)    request session used after it ended
 ├── ConcurrentSessionUseError(DBSessionError, RuntimeError)  one AsyncSession, two tasks
@@ -35,6 +36,7 @@ __all__ = [
     "NoActiveTransactionError",
     "PoolTimeoutError",
     "SessionFinishedError",
+    "SyncAsyncMismatchError",
     "TransactionExistsError",
     "UnexpectedRollbackError",
 ]
@@ -52,6 +54,15 @@ class MissingDriverError(ConfigurationError, ImportError):
     """A database driver (or greenlet, for async) is not installed.
 
     The message names the extra to install, e.g. ``pip install "fastapi-dbsession[postgres]"``.
+    """
+
+
+class SyncAsyncMismatchError(ConfigurationError, TypeError):
+    """The sync API was used where the async one belongs, or the reverse.
+
+    ``with db.async_transaction()``, ``async with db.transaction()``, an ``async def`` unit of
+    work whose session parameter is annotated ``Session``, a ``def`` endpoint that depends on
+    ``db.async_session``. The message names the twin to use.
     """
 
 

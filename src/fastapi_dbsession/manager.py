@@ -251,7 +251,9 @@ class DatabaseSessionManager(ContextFacet):
 
         Raises:
             DatabaseUnavailableError: A configured database cannot be reached.
+            SyncAsyncMismatchError: A ``def`` endpoint of ``app`` takes ``db.async_session``.
         """
+        dependencies.check_endpoints(app, self.async_session)
         await self._database.startup()
         try:
             yield

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from . import _checks
 from .errors import ConfigurationError, NoActiveTransactionError, TransactionExistsError
 
 
@@ -82,13 +83,26 @@ def make_options(
             f"propagation={propagation!r} is not a Propagation. Use e.g. "
             "propagation=Propagation.REQUIRES_NEW (from fastapi_dbsession import Propagation)."
         )
+    isolation_level = _checks.isolation_level(isolation_level, argument="isolation_level")
+    for name, value in (
+        ("read_only", read_only),
+        ("durable", durable),
+        ("retry_on_lock_timeout", retry_on_lock_timeout),
+    ):
+        _checks.flag(value, argument=name)
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise ConfigurationError(f"retries={retries!r} must be a whole number >= 0.")
+        raise ConfigurationError(
+            f"retries={retries!r} must be a whole number >= 0: how many times the unit re-runs "
+            "after a serialization failure or deadlock (0, the default, never re-runs)."
+        )
     for name, seconds in (("timeout", timeout), ("retry_deadline", retry_deadline)):
         if seconds is not None and (
             not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0
         ):
-            raise ConfigurationError(f"{name}={seconds!r} must be a number of seconds > 0.")
+            raise ConfigurationError(
+                f"{name}={seconds!r} must be a number of seconds > 0, e.g. {name}=5.0 "
+                "(leave it out for no limit)."
+            )
     if retry_deadline is not None and not retries:
         raise ConfigurationError(
             f"retry_deadline={retry_deadline!r} bounds the time spent retrying, but retries is "

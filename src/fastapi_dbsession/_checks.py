@@ -1,0 +1,167 @@
+"""Check single option values (isolation levels, flags, pool numbers) and explain refusals."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.pool import Pool
+
+from .errors import ConfigurationError
+
+# SQLAlchemy's spellings, which every dialect we support maps (SQLite: a subset, refused by
+# SQLAlchemy at the first connect).
+ISOLATION_LEVELS = ("SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED")
+_ENGINE_ONLY_LEVELS = ("AUTOCOMMIT",)
+
+# engine option -> smallest valid value, and what the boundary means
+POOL_MINIMUMS: dict[str, tuple[int, str]] = {
+    "pool_size": (0, "0 means no limit"),
+    "max_overflow": (-1, "-1 means no limit on overflow"),
+    "pool_timeout": (0, "seconds to wait for a free connection"),
+    "pool_recycle": (-1, "-1 means never recycle"),
+}
+
+
+def isolation_level(value: object, *, argument: str, engine: bool = False) -> str | None:
+    """Return ``value`` spelled as SQLAlchemy expects (``"read_committed"`` works too).
+
+    Raises:
+        ConfigurationError: Not a string, or not an isolation level.
+    """
+    if value is None:
+        return None
+    known = ISOLATION_LEVELS + (_ENGINE_ONLY_LEVELS if engine else ())
+    spelled = value.strip().upper().replace("_", " ") if isinstance(value, str) else None
+    if spelled not in known:
+        raise ConfigurationError(
+            f"{argument}={value!r} is not an isolation level. Use one of "
+            f"{', '.join(map(repr, known))} (SQLite knows SERIALIZABLE and READ UNCOMMITTED)."
+        )
+    return spelled
+
+
+def flag(value: object, *, argument: str) -> bool:
+    """Return ``value`` if it is a bool.
+
+    Raises:
+        ConfigurationError: Anything else (a string such as "no" would be true).
+    """
+    if not isinstance(value, bool):
+        raise ConfigurationError(
+            f"{argument}={value!r} must be True or False, not {type(value).__name__}. Pass a "
+            "bool: read from a string, 'no' or 'false' would count as true."
+        )
+    return value
+
+
+def pool_number(name: str, value: float, *, argument: str) -> None:
+    """Refuse a pool size, overflow, timeout or recycle below its minimum.
+
+    Raises:
+        ConfigurationError: ``value`` is below the minimum (``max_overflow=-5`` used to
+            recurse inside the pool at the first checkout).
+    """
+    minimum, meaning = POOL_MINIMUMS[name]
+    if value < minimum:
+        raise ConfigurationError(
+            f"{argument}[{name!r}] must be >= {minimum} ({meaning}), not {value!r}."
+        )
+
+
+# QueuePool-style options, and the name of the pool class argument each one becomes
+_POOL_ARGUMENTS = {
+    "pool_size": "pool_size",
+    "max_overflow": "max_overflow",
+    "pool_timeout": "timeout",
+    "pool_use_lifo": "use_lifo",
+}
+
+
+def engine_values(options: Mapping[str, Any], *, argument: str) -> None:
+    """Check the values of engine options whose mistakes SQLAlchemy reports late or never.
+
+    Raises:
+        ConfigurationError: A pool number below its minimum, a ``poolclass`` that is not a
+            pool class (or takes no pool size/overflow/timeout given with it), an isolation
+            level that does not exist.
+    """
+    for name in POOL_MINIMUMS:
+        value = options.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            pool_number(name, value, argument=argument)
+    if "isolation_level" in options:
+        isolation_level(
+            options["isolation_level"], argument=f"{argument}['isolation_level']", engine=True
+        )
+    poolclass = options.get("poolclass")
+    if poolclass is None:
+        return
+    if not (isinstance(poolclass, type) and issubclass(poolclass, Pool)):
+        raise ConfigurationError(
+            f"{argument}['poolclass'] must be a pool class such as sqlalchemy.pool.NullPool "
+            f"(the class itself, imported), not {poolclass!r}."
+        )
+    accepted = _keyword_names(poolclass)
+    if accepted is None:
+        return
+    for name, parameter in _POOL_ARGUMENTS.items():
+        if name in options and parameter not in accepted:
+            raise ConfigurationError(
+                f"{argument}: poolclass={poolclass.__name__} takes no {name!r} (it keeps no "
+                f"pool of that kind). Drop {name!r}, or use poolclass=QueuePool."
+            )
+
+
+def session_keys(
+    options: Mapping[str, Any],
+    session_class: type,
+    *,
+    argument: str,
+    extra: frozenset[str] = frozenset(),
+) -> None:
+    """Check session options against the sessionmaker's and the session classes' arguments.
+
+    Raises:
+        ConfigurationError: An option neither ``sessionmaker`` nor the session class takes,
+            ``bind`` / ``class_`` (the manager sets them), a flag that is not a bool.
+    """
+    for name in ("bind", "class_"):
+        if name in options:
+            raise ConfigurationError(
+                f"{argument}[{name!r}]: the manager sets the session's {name} itself. Use "
+                "engine_options for the engine, and session_class= / async_session_class= "
+                "for the class."
+            )
+    for name in _SESSION_FLAGS & set(options):
+        flag(options[name], argument=f"{argument}[{name!r}]")
+    accepted = _keyword_names(session_class)
+    if accepted is None:
+        return  # takes **kwargs: anything may be right
+    accepted |= extra | {"autoflush", "expire_on_commit", "info"}  # sessionmaker's own
+    for name in options:
+        if name not in accepted:
+            known = ", ".join(sorted(accepted - {"bind", "binds"}))
+            raise ConfigurationError(
+                f"{argument}[{name!r}] is not an argument of sessionmaker or "
+                f"{session_class.__name__}. Known: {known}."
+            )
+
+
+_SESSION_FLAGS = frozenset({"autoflush", "expire_on_commit", "autobegin", "twophase"})
+
+
+def _keyword_names(cls: type) -> set[str] | None:
+    """The keyword arguments ``cls(...)`` takes, or None when it takes ``**kwargs``."""
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return None
+    return {
+        parameter.name
+        for parameter in parameters
+        if parameter.kind is not inspect.Parameter.POSITIONAL_ONLY
+    }
