@@ -1,4 +1,4 @@
-"""Check single option values (isolation levels, flags, pool numbers) and explain refusals."""
+"""Check option values (isolation levels, flags, pool numbers, session options) early."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool
 
 from .errors import ConfigurationError
@@ -165,3 +166,50 @@ def _keyword_names(cls: type) -> set[str] | None:
         for parameter in parameters
         if parameter.kind is not inspect.Parameter.POSITIONAL_ONLY
     }
+
+
+def async_session_class(cls: object) -> type[Session]:
+    """Refuse an ``async_session_class`` that is not an ``AsyncSession``; its sync class.
+
+    Judged by the MRO, so that sqlalchemy.ext.asyncio (and greenlet) is not imported here.
+
+    Raises:
+        ConfigurationError: ``cls`` is not an AsyncSession class.
+    """
+    if cls is None:
+        return Session
+    if not (
+        isinstance(cls, type)
+        and any(
+            base.__name__ == "AsyncSession" and base.__module__.startswith("sqlalchemy.ext.asyncio")
+            for base in cls.__mro__
+        )
+    ):
+        raise ConfigurationError(
+            "async_session_class must be a subclass of sqlalchemy.ext.asyncio.AsyncSession "
+            f"(e.g. sqlmodel.ext.asyncio.session.AsyncSession), not {cls!r}. A sync Session "
+            "class goes to session_class=."
+        )
+    sync_class: type[Session] = getattr(cls, "sync_session_class", Session)
+    return sync_class
+
+
+def session_options(
+    shared: Mapping[str, Any],
+    async_only: Mapping[str, Any],
+    session_class: type[Session],
+    async_sync_class: type[Session],
+) -> None:
+    """Check the session options against what each side's sessionmaker and class take.
+
+    Raises:
+        ConfigurationError: See :func:`session_keys`.
+    """
+    session_keys(shared, session_class, argument="session_options")
+    session_keys(shared, async_sync_class, argument="session_options")
+    session_keys(
+        async_only,
+        async_sync_class,
+        argument="async_session_options",
+        extra=frozenset({"sync_session_class"}),
+    )
