@@ -198,13 +198,14 @@ def session_options(
     shared: Mapping[str, Any],
     async_only: Mapping[str, Any],
     session_class: type[Session],
-    async_sync_class: type[Session],
+    async_class: object,
 ) -> None:
     """Check the session options against what each side's sessionmaker and class take.
 
     Raises:
-        ConfigurationError: See :func:`session_keys`.
+        ConfigurationError: See :func:`session_keys` and :func:`async_session_class`.
     """
+    async_sync_class = async_session_class(async_class)
     session_keys(shared, session_class, argument="session_options")
     session_keys(shared, async_sync_class, argument="session_options")
     session_keys(

@@ -174,9 +174,7 @@ def build_config(
         raise ConfigurationError(f"pgbouncer must be True or False, not {pgbouncer!r}.")
     if pgbouncer:
         _drivers.check_pgbouncer((final_url, final_async))
-    checked_engine_options = _engines.check_engine_options(
-        engine_options, argument="engine_options"
-    )
+    checked_engine_options = _engines.check_engine(engine_options, argument="engine_options")
     shared_options, unshared = _async_side(checked_engine_options, final_url, final_async)
     session_defaults = _engines.check_options(session_options, argument="session_options")
     if not (isinstance(session_class, type) and issubclass(session_class, Session)):
@@ -185,12 +183,7 @@ def build_config(
             " For an AsyncSession class, use async_session_class=."
         )
     async_defaults = _engines.check_options(async_session_options, argument="async_session_options")
-    _checks.session_options(
-        session_defaults,
-        async_defaults,
-        session_class,
-        _checks.async_session_class(async_session_class),
-    )
+    _checks.session_options(session_defaults, async_defaults, session_class, async_session_class)
     config = Config(
         url=final_url,
         async_url=final_async,
@@ -200,9 +193,7 @@ def build_config(
         async_engine_options=(
             shared_options
             if async_engine_options is None
-            else _engines.check_engine_options(
-                async_engine_options, argument="async_engine_options"
-            )
+            else _engines.check_engine(async_engine_options, argument="async_engine_options")
         ),
         session_options=session_defaults,
         async_session_options={

@@ -78,7 +78,7 @@ def check_options(options: object, *, argument: str) -> dict[str, Any]:
     return checked
 
 
-def check_engine_options(options: object, *, argument: str) -> dict[str, Any]:
+def check_engine(options: object, *, argument: str) -> dict[str, Any]:
     """Validate ``engine_options`` / ``async_engine_options``: types, then values."""
     checked = check_options(options, argument=argument)
     _checks.engine_values(checked, argument=argument)

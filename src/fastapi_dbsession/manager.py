@@ -322,7 +322,6 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet, 
         Raises:
             DatabaseUnavailableError: A configured database cannot be reached; names host and
                 port (password masked).
-            SyncAsyncMismatchError: A ``def`` endpoint of ``app`` takes ``db.async_session``.
         """
         _warn_ignored_events(app)
         _endpoints.check_endpoints(app, self.async_session)
