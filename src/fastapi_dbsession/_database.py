@@ -328,6 +328,8 @@ def _dispose_outside_loop(engine: AsyncEngine) -> None:
 
 
 def _unavailable(url: URL, exc: BaseException) -> DatabaseUnavailableError:
+    if isinstance(exc, DatabaseUnavailableError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # a failed connect: report the driver's own reason once
     reason = _urls.mask_text(str(getattr(exc, "orig", None) or exc)).strip().splitlines()
     return DatabaseUnavailableError(
         f"Cannot reach the database at {_urls.render(url)} at startup: "

@@ -11,7 +11,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
 
-from . import _drivers, _liveness, _urls
+from . import _drivers, _liveness, _outage, _urls
 from .errors import ConfigurationError, MissingDriverError
 
 if TYPE_CHECKING:
@@ -114,16 +114,23 @@ def create(
             "as async_url=."
         ) from None
     except (TypeError, ArgumentError) as exc:
+        hint = (
+            "Check the hosts of the URL: a multi-host URL names each as host:port, and "
+            "asyncpg needs the port of every host."
+            if "host" in str(exc) or "port" in str(exc)
+            else "Check the keys of engine_options / async_engine_options against "
+            "create_engine()'s arguments."
+        )
         raise ConfigurationError(
-            f"Invalid engine options for {shown}: {_urls.mask_text(str(exc))}. Check the "
-            "keys of engine_options / async_engine_options against create_engine()'s "
-            "arguments."
+            f"Invalid engine options for {shown}: {_urls.mask_text(str(exc))}. {hint}"
         ) from None
     sync_engine: Engine = getattr(engine, "sync_engine", engine)  # type: ignore[arg-type]
     if url.get_backend_name() == "sqlite":
         _sqlite_transactions(sync_engine)
-    elif "pool_pre_ping" not in user_options:  # True: SQLAlchemy's ping; False: no check
-        _liveness.install(sync_engine)
+    else:
+        _outage.install(sync_engine)
+        if "pool_pre_ping" not in user_options:  # True: SQLAlchemy's ping; False: no check
+            _liveness.install(sync_engine)
     logger.info("created %s engine for %s", side, shown)
     return engine
 

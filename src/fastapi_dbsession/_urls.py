@@ -1,8 +1,14 @@
-"""Parse database URLs, pair sync and async drivers, and render URLs without passwords."""
+"""Parse database URLs, pair sync and async drivers, and render URLs without passwords.
+
+Multi-host PostgreSQL URLs (failover, ``target_session_attrs=read-write``) are accepted in
+SQLAlchemy's form (``postgresql+psycopg://app@/app?host=h1:5432&host=h2:5432``) and in libpq's
+(``postgresql+psycopg://app@h1:5432,h2:5432/app``), which is rewritten into the former.
+"""
 
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -57,6 +63,26 @@ _INSTALL_HINT: dict[str, str] = {
 _PASSWORD_IN_TEXT = re.compile(r"(?P<prefix>://[^:/@\s]*:)(?P<password>[^@\s]*)(?=@)")
 
 
+# libpq's multi-host form "postgresql://user:pw@h1:5432,h2:5433/db?..." (SQLAlchemy spells it
+# "postgresql://user:pw@/db?host=h1:5432&host=h2:5433")
+_COMMA_HOSTS = re.compile(
+    r"^(?P<scheme>postgresql(?:\+\w+)?)://(?P<auth>[^@/?#]*@)?"
+    r"(?P<hosts>[^@/?#]*,[^@/?#]*)(?P<rest>[/?].*)?$"
+)
+
+
+def _query_hosts(value: str) -> str:
+    """Rewrite libpq's comma-separated hosts into SQLAlchemy's repeated ``host=`` query."""
+    match = _COMMA_HOSTS.match(value)
+    if match is None:
+        return value
+    path, _, query = (match["rest"] or "/").partition("?")
+    hosts = "&".join(
+        f"host={quote(host.strip(), safe=':[]')}" for host in match["hosts"].split(",")
+    )
+    return f"{match['scheme']}://{match['auth'] or ''}{path}?{hosts}{'&' + query if query else ''}"
+
+
 def mask_text(text: str) -> str:
     """Hide anything that looks like the password of a URL inside ``text``."""
     return _PASSWORD_IN_TEXT.sub(r"\g<prefix>***", text)
@@ -78,7 +104,7 @@ def parse(value: object, *, argument: str) -> URL:
             f'DatabaseSessionManager("postgresql+psycopg://user@host/dbname").'
         )
     try:
-        return make_url(value)
+        return make_url(_query_hosts(value))
     except (ArgumentError, ValueError) as exc:
         raise ConfigurationError(
             f"{argument}={mask_text(value)!r} is not a valid database URL. Expected "

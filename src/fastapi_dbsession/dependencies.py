@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import fastapi.routing
 from anyio import CancelScope
-from fastapi import Depends, Response
+from fastapi import Depends, HTTPException, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
+from . import _urls
 from ._capacity import CapacityGate
 from ._database import Database
 from ._frames import Frame, Root, frames_of, sync_view
+from ._outage import unavailable_cause
 from ._sessions import has_work, is_busy
 from ._units import async_drive, drive, finish_root
 from .errors import PoolTimeoutError
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SCOPE_KEY = "fastapi_dbsession.commit_policy"
+
+UNAVAILABLE_DETAIL = "The database is unavailable. Retry shortly."
+RETRY_AFTER = "1"  # seconds: a failover or restart usually takes a few
 
 
 def _function_stack_key() -> str | None:
@@ -125,7 +130,12 @@ class _RequestUnit:
         response: Response,
         error: BaseException | None,
     ) -> None:
-        """Commit or roll back (by the route's policy and what happened), close, run hooks."""
+        """Commit or roll back (by the route's policy and what happened), close, run hooks.
+
+        Raises:
+            HTTPException: 503 with ``Retry-After``: the endpoint failed because the database
+                could not be reached (a failover, a restart); nothing of it was committed.
+        """
         _, frame, token, gate = opened
         try:
             commit = error is None and should_commit(
@@ -138,6 +148,12 @@ class _RequestUnit:
             self.frames.reset(token)
             if gate is not None:
                 gate.release()
+        cause = unavailable_cause(error)
+        if cause is not None:
+            logger.warning("database unavailable, answering 503: %s", _urls.mask_text(str(cause)))
+            raise HTTPException(
+                503, detail=UNAVAILABLE_DETAIL, headers={"Retry-After": RETRY_AFTER}
+            ) from error
 
 
 def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., Awaitable[Any]]:
