@@ -4,6 +4,11 @@ Each test run creates its own PostgreSQL and MariaDB databases (named after the 
 parallel runs never meet), creates the tables once, empties them after every test and drops
 the databases at the end. Without a server the tests that need it are skipped with a hint,
 except under ``CI=true``, where they fail.
+
+Every test that needs a server carries its marker (``postgresql``, ``mariadb``, ``topology``),
+so that ``-m "not postgresql and not mariadb and not topology"`` runs with no server at all.
+An unmarked test that asks for a server fails, naming the marker to add: parametrize the
+``backend`` fixture with :data:`SERVERS` (``SERVERS["postgresql"]``), never with a bare string.
 """
 
 from __future__ import annotations
@@ -84,6 +89,44 @@ class PoolWatch:
 
     def _checkin(self, *args: object) -> None:
         self.out -= 1
+
+
+SERVERS = {
+    "postgresql": pytest.param("postgresql", marks=pytest.mark.postgresql),
+    "mariadb": pytest.param("mariadb", marks=pytest.mark.mariadb),
+}
+"""``backend`` parameters carrying their server's marker: ``parametrize("backend",
+[SERVERS["postgresql"]], indirect=True)``. A bare "postgresql" would drop the marker."""
+
+# The fixtures that reach a server, and the marker their tests must carry.
+_SERVER_FIXTURES = {
+    "postgres_database": "postgresql",
+    "postgres_schema": "postgresql",
+    "mariadb_database": "mariadb",
+    "mariadb_schema": "mariadb",
+    "session_topology": "topology",
+    "pg_primary": "topology",
+    "pg_standby": "topology",
+    "pg_bouncer": "topology",
+    "topology": "topology",
+}
+
+
+def _require_marker(node: pytest.Item, marker: str) -> None:
+    if node.get_closest_marker(marker) is None:
+        pytest.fail(
+            f"{node.nodeid} needs the {marker} server but is not marked "
+            f"@pytest.mark.{marker}, so -m 'not {marker}' would still run it. Mark it, or "
+            f'parametrize backend with SERVERS["{marker}"] instead of "{marker}".',
+            pytrace=False,
+        )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a test that uses a server fixture without the server's marker."""
+    for fixture in getattr(item, "fixturenames", ()):
+        if fixture in _SERVER_FIXTURES:
+            _require_marker(item, _SERVER_FIXTURES[fixture])
 
 
 def _unreachable(name: str, exc: Exception) -> None:
@@ -174,6 +217,8 @@ def mariadb_schema(mariadb_database: URL) -> URL:
 
 
 def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if name != "sqlite":  # reached through a parameter: the item's markers are the only record
+        _require_marker(request.node, name)
     if name == "sqlite":
         url = make_url(f"sqlite:///{tmp_path / 'app.db'}")
         _create_schema(url)
@@ -191,13 +236,7 @@ def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
         _empty_tables(url)
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.postgresql),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
-)
+@pytest.fixture(params=["sqlite", SERVERS["postgresql"], SERVERS["mariadb"]])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Every backend in turn, with empty tables."""
     yield from _make_backend(request.param, request, tmp_path)

@@ -90,6 +90,7 @@ def _load(results: Path) -> dict[str, Any]:
 
 
 @pytest.mark.postgresql
+@pytest.mark.timeout(960)  # the first one runs the module fixture: run.py --quick, <= 900 s
 def test_quick_benchmark_checks_every_answer_and_row(quick_results: Path) -> None:
     results = _load(quick_results)
     assert set(results["correctness"]) == set(IMPLS)
@@ -112,6 +113,7 @@ def test_quick_benchmark_checks_every_answer_and_row(quick_results: Path) -> Non
 
 
 @pytest.mark.postgresql
+@pytest.mark.timeout(960)  # the first one runs the module fixture: run.py --quick, <= 900 s
 def test_quick_benchmark_counts_round_trips(quick_results: Path) -> None:
     """Both counts for every implementation and endpoint, in a plausible range; the tutorial
     pattern's are known: BEGIN, the query, ROLLBACK or COMMIT, one transaction (a connection
@@ -138,6 +140,7 @@ def test_quick_benchmark_counts_round_trips(quick_results: Path) -> None:
 
 
 @pytest.mark.postgresql
+@pytest.mark.timeout(960)  # the first one runs the module fixture: run.py --quick, <= 900 s
 def test_quick_benchmark_counts_instructions(counted_results: Path) -> None:
     """Under callgrind every measured batch is dumped: a count per app and endpoint, of the
     size a request through FastAPI and SQLAlchemy has (no dump lost, no dump mislabelled)."""

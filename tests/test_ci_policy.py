@@ -29,6 +29,7 @@ def _run(ci: str | None) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.timeout(240)  # a whole pytest subprocess, itself bounded at 120 s
 @pytest.mark.parametrize(
     ("ci", "exit_code", "said"),
     [

@@ -235,6 +235,7 @@ def test_interpreter_exit_cleans_up_what_a_test_left(ending: str) -> None:
     assert [directory.exists() for directory in directories] == [False, False]
 
 
+@pytest.mark.timeout(240)  # a whole pytest subprocess, itself bounded at 120 s
 @pytest.mark.parametrize(
     ("ci", "exit_code", "said"),
     [

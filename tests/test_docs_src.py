@@ -427,7 +427,40 @@ def _async_postgres(module: ModuleType, backend: Backend) -> None:
     assert [digest] == module.DIGESTS
 
 
+# -- operating in production: observability ------------------------------------------------
+
+
+@check("docs_src/operations/observability001.py")
+def _observability_1(module: ModuleType, backend: Backend) -> None:
+    with TestClient(module.app) as client:
+        response = client.get("/products/3")
+    assert response.status_code == 200
+    expected = 3 if backend.name == "sqlite" else 2  # SQLite: the library's BEGIN too
+    assert re.fullmatch(
+        rf'db;dur=\d+\.\d;desc="shop: {expected} queries"', response.headers["server-timing"]
+    )
+
+
 # -- the tests ----------------------------------------------------------------------------
+
+
+# -- guarantees ---------------------------------------------------------------------------
+
+
+@check("docs_src/guarantees/idempotency.py")
+def _guarantees_idempotency(module: ModuleType, backend: Backend) -> None:
+    with TestClient(module.app) as client:
+        headers = {"Idempotency-Key": "order-17"}
+        first = client.post("/payments", params={"amount": 30}, headers=headers)
+        assert first.status_code == 201
+        again = client.post("/payments", params={"amount": 30}, headers=headers)  # a retry
+        assert (again.status_code, again.json()) == (200, first.json())
+        assert count(backend, "payments") == 1
+        other = client.post("/payments", params={"amount": 5}, headers={"Idempotency-Key": "x"})
+        assert other.status_code == 201
+        assert count(backend, "payments") == 2
+        handler = module.app.exception_handlers[module.CommitOutcomeUnknownError]
+        assert handler is module.commit_outcome_unknown
 
 
 @pytest.mark.parametrize(("path", "backend"), list(_cases()), indirect=["backend"])
@@ -452,6 +485,7 @@ def test_documented_file_runs(path: str, backend: Backend, monkeypatch: pytest.M
     ],
     indirect=True,
 )
+@pytest.mark.timeout(360)  # a whole pytest subprocess, itself bounded at 300 s
 def test_testing_example_passes(backend: Backend) -> None:
     """examples/testing is a user's test suite: run it as one, with its own pytest."""
     env = {**os.environ, "DATABASE_URL": url_of(backend)}
@@ -480,6 +514,7 @@ def test_every_documented_file_is_run() -> None:
     run_elsewhere = {  # run by tests/test_examples.py, or as a pytest session above
         "CHANGELOG.md",
         "examples/quickstart/app.py",
+        "examples/production/app.py",
         "examples/testing/app.py",
         "examples/testing/conftest.py",
         "examples/testing/pytest.ini",

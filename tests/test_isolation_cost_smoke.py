@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Backend
+from tests.conftest import SERVERS, Backend
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("backend", [SERVERS["postgresql"]], indirect=True)
+@pytest.mark.timeout(360)  # the script runs in a subprocess bounded at 300 s
 def test_isolation_cost_script_runs(backend: Backend) -> None:
     url = backend.url.render_as_string(hide_password=False)
     result = subprocess.run(

@@ -21,14 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from fastapi_dbsession import DatabaseSessionManager
-from tests.conftest import Backend
+from tests.conftest import SERVERS, Backend
 from tests.models import Account
 
 PAIRS = 6  # concurrent transfer pairs: A->B and B->A at the same moment
 START = 1000
 
 
-@pytest.fixture(params=["postgresql", "mariadb"])
+@pytest.fixture(params=[SERVERS["postgresql"], SERVERS["mariadb"]])
 def contended(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
     from tests.conftest import _make_backend
 

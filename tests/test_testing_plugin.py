@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from tests.conftest import Backend
+from tests.conftest import SERVERS, Backend
 
 APP = """
 import os
@@ -338,7 +338,7 @@ def test_leak_check_names_the_table(
     assert _count(sample_url) == 1  # the leak is real, and reported
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
+@pytest.mark.parametrize("backend", [SERVERS["postgresql"], SERVERS["mariadb"]], indirect=True)
 def test_fresh_database_per_xdist_worker(
     pytester: pytest.Pytester, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -499,7 +499,7 @@ def test_override_helper_isolates_a_hand_wired_app(
     assert _count(sample_url) == 0
 
 
-@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("backend", [SERVERS["postgresql"]], indirect=True)
 def test_test_database_migrated_with_alembic(
     pytester: pytest.Pytester, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,7 +23,7 @@ from fastapi_dbsession import (
     UnexpectedRollbackError,
     transactional,
 )
-from tests.conftest import Backend
+from tests.conftest import SERVERS, Backend
 from tests.models import Item
 
 try:
@@ -235,7 +235,8 @@ def test_swallowed_failure_in_a_request_is_an_error_not_a_partial_commit(
     assert backend.count() == 0
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)  # SQLSTATEs
+# real SQLSTATEs / error numbers: the servers only
+@pytest.mark.parametrize("backend", [SERVERS["postgresql"], SERVERS["mariadb"]], indirect=True)
 def test_retries_rerun_the_endpoint_on_a_real_serialization_failure(
     app: FastAPI, backend: Backend, side: str, events: list[str]
 ) -> None:
@@ -307,7 +308,7 @@ def test_concurrent_requests_never_see_each_others_session(app: FastAPI, side: s
     assert asyncio.run(load()) == [True] * 50
 
 
-@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("backend", [SERVERS["postgresql"]], indirect=True)
 @pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
 def test_retries_recognise_serialization_failures_from_each_sync_driver(
     backend: Backend, driver: str

@@ -2,8 +2,11 @@
 
 import logging
 
+from ._pressure import PoolStatus
+from ._probes import PingResult
 from .decorators import CURRENT_SESSION, transactional
 from .errors import (
+    CommitOutcomeUnknownError,
     ConcurrentSessionUseError,
     ConfigurationError,
     ConnectionDeadlockError,
@@ -19,10 +22,12 @@ from .errors import (
     UnexpectedRollbackError,
 )
 from .manager import DatabaseSessionManager
+from .middleware import ServerTimingMiddleware
 from .propagation import CommitPolicy, Propagation
 
 __all__ = [
     "CURRENT_SESSION",
+    "CommitOutcomeUnknownError",
     "CommitPolicy",
     "ConcurrentSessionUseError",
     "ConfigurationError",
@@ -34,8 +39,11 @@ __all__ = [
     "MissingDriverError",
     "NoActiveSessionError",
     "NoActiveTransactionError",
+    "PingResult",
+    "PoolStatus",
     "PoolTimeoutError",
     "Propagation",
+    "ServerTimingMiddleware",
     "SessionFinishedError",
     "TransactionExistsError",
     "UnexpectedRollbackError",

@@ -75,6 +75,16 @@ class CapacityGate:
         except RuntimeError:  # that waiter's loop is closed: give the permit to the next one
             self.release()
 
+    @property
+    def waiting(self) -> int:
+        """How many requests are waiting for a permit right now."""
+        return len(self._waiters)
+
+    @property
+    def in_use(self) -> int:
+        """How many permits are held right now."""
+        return self.capacity - self._free
+
     def _withdraw(self, waiter: _Waiter) -> bool:
         """Take ``waiter`` off the queue; False if a permit was already granted to it."""
         with self._lock:

@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from . import _drivers, _engines, _urls
+from ._recording import Observability
 from .errors import ConfigurationError
 from .propagation import CommitPolicy, check_policy
 
@@ -41,10 +42,19 @@ class Config:
     session_class: type[Session]
     async_session_class: type[AsyncSession] | None
     commit_policy: CommitPolicy
+    startup_retries: int = 3
+    """Retries of the lifespan's startup check (exponential backoff from 0.5 s, capped at 5 s)."""
+    startup_timeout: float = 5.0
+    """Deadline of each startup attempt, in seconds."""
+    pool_saturation_warning: float | None = 0.9
+    """Warn when this fraction of the pool is checked out (None: off)."""
     pgbouncer: bool = False
     """Keep every PostgreSQL driver off server-side prepared statements (PgBouncer)."""
     unshared_connect_args: tuple[str, ...] = ()
     """``engine_options['connect_args']`` keys the async side's other driver did not get."""
+    name: str = "default"
+    """The database's name in logs, metrics and engine logging names."""
+    observability: Observability = dataclasses.field(default_factory=Observability)
 
     def with_urls(self, url: URL | None, async_url: URL | None) -> Config:
         """The same configuration on other databases (the testing helpers' test database)."""
@@ -70,7 +80,15 @@ def build_config(
     session_class: type[Session],
     async_session_class: type[AsyncSession] | None,
     commit_policy: CommitPolicy,
+    startup_retries: int = 3,
+    startup_timeout: float = 5.0,
+    pool_saturation_warning: float | None = 0.9,
     pgbouncer: bool = False,
+    name: str | None = None,
+    record_queries: bool = False,
+    slow_query_threshold: float | None = None,
+    log_query_parameters: bool = False,
+    hold_warning_threshold: float | None = None,
 ) -> Config:
     """Check the constructor's arguments and return the frozen configuration.
 
@@ -113,9 +131,63 @@ def build_config(
         session_class=session_class,
         async_session_class=async_session_class,
         commit_policy=check_policy(commit_policy, argument="commit_policy"),
+        **_operations(startup_retries, startup_timeout, pool_saturation_warning),
+        name=_name(name, sync_url or given_async),
+        observability=_observability(
+            record_queries, slow_query_threshold, log_query_parameters, hold_warning_threshold
+        ),
         pgbouncer=pgbouncer,
         unshared_connect_args=unshared if async_engine_options is None else (),
     )
+
+
+def _name(name: str | None, url: URL | None) -> str:
+    """The given name, else the URL's database name (a SQLite file's stem), else "default"."""
+    if name is not None:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigurationError(
+                f'name={name!r} must be a non-empty string, e.g. name="orders": it labels '
+                "this database in logs and metrics."
+            )
+        return name
+    database = None if url is None else url.database
+    if not database or database == ":memory:":
+        return "default"
+    return database.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".db") or "default"
+
+
+def _observability(
+    record_queries: object,
+    slow_query_threshold: object,
+    log_query_parameters: object,
+    hold_warning_threshold: object,
+) -> Observability:
+    for argument, flag in (
+        ("record_queries", record_queries),
+        ("log_query_parameters", log_query_parameters),
+    ):
+        if not isinstance(flag, bool):
+            raise ConfigurationError(f"{argument}={flag!r} must be True or False.")
+    return Observability(
+        record_queries=bool(record_queries),
+        slow_query_threshold=_seconds(
+            "slow_query_threshold", slow_query_threshold, "no slow-query log"
+        ),
+        log_query_parameters=bool(log_query_parameters),
+        hold_warning_threshold=_seconds(
+            "hold_warning_threshold", hold_warning_threshold, "no hold-time warnings"
+        ),
+    )
+
+
+def _seconds(argument: str, value: object, off: str) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise ConfigurationError(
+            f"{argument}={value!r} must be a number of seconds >= 0 (e.g. 0.5), or None for {off}."
+        )
+    return float(value)
 
 
 def _async_side(
@@ -129,6 +201,40 @@ def _async_side(
     if not connect_args or _drivers.shares_connect_args(url, async_url):
         return options, ()
     return {k: v for k, v in options.items() if k != "connect_args"}, tuple(connect_args)
+
+
+def _operations(
+    startup_retries: object, startup_timeout: object, pool_saturation_warning: object
+) -> dict[str, Any]:
+    """Check the operations arguments (startup check, saturation warning)."""
+    if isinstance(startup_retries, bool) or not isinstance(startup_retries, int):
+        raise ConfigurationError(f"startup_retries must be an int >= 0, not {startup_retries!r}.")
+    if startup_retries < 0:
+        raise ConfigurationError(f"startup_retries must be >= 0, not {startup_retries}.")
+    if (
+        isinstance(startup_timeout, bool)
+        or not isinstance(startup_timeout, int | float)
+        or startup_timeout <= 0
+    ):
+        raise ConfigurationError(
+            f"startup_timeout must be a number of seconds > 0, not {startup_timeout!r}."
+        )
+    if pool_saturation_warning is not None and (
+        isinstance(pool_saturation_warning, bool)
+        or not isinstance(pool_saturation_warning, int | float)
+        or not 0 < pool_saturation_warning <= 1
+    ):
+        raise ConfigurationError(
+            "pool_saturation_warning must be a fraction of the pool in (0, 1], e.g. 0.9, or "
+            f"None to turn the warning off; got {pool_saturation_warning!r}."
+        )
+    return {
+        "startup_retries": startup_retries,
+        "startup_timeout": float(startup_timeout),
+        "pool_saturation_warning": (
+            None if pool_saturation_warning is None else float(pool_saturation_warning)
+        ),
+    }
 
 
 def _pair_urls(url: str | URL | None, async_url: str | URL | None) -> tuple[URL | None, URL | None]:

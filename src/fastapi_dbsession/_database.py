@@ -17,15 +17,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio.to_thread
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import _compat, _engines, _urls
+from . import _compat, _engines, _holds, _pressure, _urls
 from ._capacity import CapacityGate
 from ._config import Config
+from ._pressure import PoolStatus
+from ._recording import QueryRecorder
 from ._sessions import guarded_async_session_class, guarded_session_class
-from .errors import ConfigurationError, DatabaseUnavailableError
+from .errors import ConfigurationError, PoolTimeoutError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -68,6 +70,12 @@ class Database:
         self._gate: CapacityGate | None = None
         self._gate_built = False
         self._binding: Binding | None = None
+        self.recorder: QueryRecorder | None = (
+            QueryRecorder(config.observability, config.name)
+            if config.observability.watches_queries
+            else None
+        )
+        """The statement listeners (None: query recording and the slow-query log are off)."""
 
     def __repr__(self) -> str:
         return f"DatabaseSessionManager({self._config.describe()})"
@@ -100,13 +108,15 @@ class Database:
 
     def _create_engine(self) -> Engine:
         url = self._require(self._config.url, side="sync")
-        return _engines.create(
+        engine = _engines.create(
             create_engine,
             url,
             self._config.engine_options,
             side="sync",
             pgbouncer=self._config.pgbouncer,
         )
+        self._engine_created(engine, side="sync")
+        return engine
 
     def _create_async_engine(self) -> AsyncEngine:
         url = self._require(self._config.async_url, side="async")
@@ -123,7 +133,27 @@ class Database:
         engine: AsyncEngine = _engines.create(
             create_async_engine, url, options, side="async", pgbouncer=self._config.pgbouncer
         )
+        self._engine_created(engine.sync_engine, side="async")
         return engine
+
+    def _engine_created(self, engine: Engine, *, side: str) -> None:
+        """Install what watches a new engine (the sync one, or an async engine's sync one)."""
+        if self.recorder is not None:
+            self.recorder.install(engine)
+        threshold = self._config.pool_saturation_warning
+        if threshold is not None:
+            _pressure.install_saturation_warning(engine, threshold, side=side)
+
+    def pool_status(self) -> dict[str, PoolStatus]:
+        """A snapshot of each created engine's pool, by side (no engine is created for it)."""
+        statuses: dict[str, PoolStatus] = {}
+        if self._engine is not None:
+            gate = self._gate if self._gate_built else None
+            statuses["sync"] = _pressure.pool_status(self._engine.pool, side="sync", gate=gate)
+        if self._async_engine is not None:
+            pool = self._async_engine.sync_engine.pool
+            statuses["async"] = _pressure.pool_status(pool, side="async", gate=None)
+        return statuses
 
     def _require(self, url: URL | None, *, side: str) -> URL:
         if url is not None:
@@ -160,17 +190,26 @@ class Database:
             timeout = _compat.pool_timeout(engine.pool)
             gate = None
             if capacity is not None:
-                gate = CapacityGate(
-                    capacity,
-                    timeout,
-                    f"No database connection became free within {timeout:g}s: all {capacity} "
-                    f"connections of the pool for {_urls.render(engine.url)} are held by "
-                    "other requests. Raise pool_size / max_overflow in engine_options, lower the "
-                    "number of concurrent requests, or look for requests that hold their "
-                    "session for long (slow queries, calls to other services).",
-                )
+                gate = CapacityGate(capacity, timeout, self._pool_timeout_message(engine))
             self._gate, self._gate_built = gate, True
         return self._gate
+
+    def pool_timeout_error(self, *, is_async: bool) -> PoolTimeoutError:
+        """Our error for a pool checkout that timed out on one side (SQLAlchemy's TimeoutError)."""
+        engine = self.async_engine.sync_engine if is_async else self.engine
+        return PoolTimeoutError(self._pool_timeout_message(engine))
+
+    @staticmethod
+    def _pool_timeout_message(engine: Engine) -> str:
+        capacity = _compat.pool_capacity(engine.pool)
+        held = "all" if capacity is None else f"all {capacity}"
+        return (
+            f"No database connection became free within {_compat.pool_timeout(engine.pool):g}s: "
+            f"{held} connections of the pool for {_urls.render(engine.url)} are held by "
+            "other requests. Raise pool_size / max_overflow in engine_options, lower the "
+            "number of concurrent requests, or look for requests that hold their session for "
+            "long (slow queries, calls to other services)."
+        )
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -211,20 +250,31 @@ class Database:
         if self._binding is not None:
             return self._binding.session()
         if autocommit:
-            return self.session_factory(
+            session = self.session_factory(
                 bind=self.engine.execution_options(isolation_level="AUTOCOMMIT")
             )
-        return self.session_factory()
+        else:
+            session = self.session_factory()
+        self._watch(session)
+        return session
 
     async def async_new_session(self, *, autocommit: bool = False) -> AsyncSession:
         """Async twin of :meth:`new_session`."""
         if self._binding is not None:
             return await self._binding.async_session()
         if autocommit:
-            return self.async_session_factory(
+            session = self.async_session_factory(
                 bind=self.async_engine.execution_options(isolation_level="AUTOCOMMIT")
             )
-        return self.async_session_factory()
+        else:
+            session = self.async_session_factory()
+        self._watch(session.sync_session)
+        return session
+
+    def _watch(self, session: Session) -> None:
+        threshold = self._config.observability.hold_warning_threshold
+        if threshold is not None:
+            _holds.watch(session, threshold, self._config.name)
 
     # -- test binding --------------------------------------------------------------------
 
@@ -276,37 +326,6 @@ class Database:
             _dispose_outside_loop(engine)
         self._config = self._config.with_urls(url, async_url)
 
-    def check(self) -> None:
-        """Connect and run ``SELECT 1`` on the sync side.
-
-        Raises:
-            DatabaseUnavailableError: The database cannot be reached.
-        """
-        engine = self.engine
-        try:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except Exception as exc:
-            raise _unavailable(engine.url, exc) from exc
-
-    async def async_check(self) -> None:
-        """Async twin of :meth:`check`."""
-        engine = self.async_engine
-        try:
-            async with engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-        except Exception as exc:
-            raise _unavailable(engine.url, exc) from exc
-
-    async def startup(self) -> None:
-        """Check the sides whose URL was given (a derived twin is created on first use)."""
-        if self._binding is not None:
-            return  # a test's outer transaction has proven the connection
-        if self._config.url_given:
-            await anyio.to_thread.run_sync(self.check)
-        if self._config.async_url_given:
-            await self.async_check()
-
     async def shutdown(self) -> None:
         """Dispose both engines; under a test's binding, only close this loop's connection."""
         if self._binding is not None:
@@ -325,14 +344,3 @@ def _dispose_outside_loop(engine: AsyncEngine) -> None:
     else:  # cannot block this loop: drop the pool; its connections close as they are freed
         engine.sync_engine.dispose(close=False)
     logger.info("disposed async engine for %s", _urls.render(engine.url))
-
-
-def _unavailable(url: URL, exc: BaseException) -> DatabaseUnavailableError:
-    if isinstance(exc, DatabaseUnavailableError) and exc.__cause__ is not None:
-        exc = exc.__cause__  # a failed connect: report the driver's own reason once
-    reason = _urls.mask_text(str(getattr(exc, "orig", None) or exc)).strip().splitlines()
-    return DatabaseUnavailableError(
-        f"Cannot reach the database at {_urls.render(url)} at startup: "
-        f"{type(exc).__name__}: {reason[0] if reason else ''}. Check that the server is "
-        "running and that host, port, user, password and database name in the URL are right."
-    )

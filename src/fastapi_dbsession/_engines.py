@@ -11,8 +11,8 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
 
-from . import _drivers, _liveness, _outage, _urls
-from .errors import ConfigurationError, MissingDriverError
+from . import _drivers, _liveness, _urls
+from .errors import ConfigurationError, DatabaseUnavailableError, MissingDriverError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -109,7 +109,7 @@ def create(
         ) from None
     except InvalidRequestError as exc:
         raise ConfigurationError(
-            f"Cannot build the {side} engine for {shown}: {_urls.mask_text(str(exc))}. "
+            f"Cannot build the {side} engine for {shown}: {_urls.mask_text(str(exc), url)}. "
             "Pass sync URLs as url= and asyncio URLs (asyncpg, aiosqlite, aiomysql, psycopg) "
             "as async_url=."
         ) from None
@@ -122,17 +122,74 @@ def create(
             "create_engine()'s arguments."
         )
         raise ConfigurationError(
-            f"Invalid engine options for {shown}: {_urls.mask_text(str(exc))}. {hint}"
+            f"Invalid engine options for {shown}: {_urls.mask_text(str(exc), url)}. {hint}"
         ) from None
     sync_engine: Engine = getattr(engine, "sync_engine", engine)  # type: ignore[arg-type]
+    _explain_connect_errors(sync_engine, url)
     if url.get_backend_name() == "sqlite":
         _sqlite_transactions(sync_engine)
-    else:
-        _outage.install(sync_engine)
-        if "pool_pre_ping" not in user_options:  # True: SQLAlchemy's ping; False: no check
-            _liveness.install(sync_engine)
+    elif "pool_pre_ping" not in user_options:  # True: SQLAlchemy's ping; False: no check
+        _liveness.install(sync_engine)
     logger.info("created %s engine for %s", side, shown)
     return engine
+
+
+def _explain_connect_errors(engine: Engine, url: URL) -> None:
+    """Make a failed connect raise our error, naming host:port with the password masked.
+
+    Wraps the dialect's ``connect()`` (the pool calls it only to open a new connection, after
+    any ``do_connect`` listeners, so pooled checkouts pay nothing). The driver's exception
+    stays attached as ``__cause__``. Bad connect arguments (``TypeError``, ``ValueError``, the
+    driver's ``ProgrammingError``) raise ``ConfigurationError``; anything else (refused, DNS,
+    timeout, authentication, unknown database) ``DatabaseUnavailableError``.
+    """
+    dialect = engine.dialect
+    connect = dialect.connect
+    misconfigured: tuple[type[BaseException], ...] = (TypeError, ValueError)
+    programming = getattr(dialect.loaded_dbapi, "ProgrammingError", None)
+    if isinstance(programming, type) and issubclass(programming, BaseException):
+        misconfigured += (programming,)
+
+    def explained_connect(*cargs: Any, **cparams: Any) -> DBAPIConnection:
+        try:
+            return connect(*cargs, **cparams)
+        except misconfigured as exc:
+            raise ConfigurationError(
+                f"The driver refused the connection arguments for {_urls.render(url)}: "
+                f"{_reason(exc, url)}. Check the URL's query parameters and connect_args "
+                "in engine_options against the driver's connect() arguments."
+            ) from exc
+        except Exception as exc:
+            raise DatabaseUnavailableError(
+                f"Cannot reach the database at {_address(url)} ({_urls.render(url)}): "
+                f"{_reason(exc, url)}. Check that the server is running and reachable, and "
+                "that the host, port, user, password and database name are right. "
+                "FastAPI(lifespan=db.lifespan) checks this once at startup."
+            ) from exc
+
+    dialect.connect = explained_connect  # type: ignore[method-assign]
+
+
+def _address(url: URL) -> str:
+    """``host:port`` of ``url`` (the backend's default port when none is given)."""
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    hosts = url.query.get("host")
+    if url.host is None and hosts:
+        return ", ".join((hosts,) if isinstance(hosts, str) else hosts)
+    port = url.port or _DEFAULT_PORTS.get(url.get_backend_name())
+    host = url.host or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port else host
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+
+
+def _reason(exc: BaseException, url: URL) -> str:
+    """The first line of a driver's error, its secrets masked."""
+    lines = _urls.mask_text(str(exc), url).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 def _sqlite_transactions(engine: Engine) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
+import sqlalchemy.exc
 from anyio import from_thread
 from sqlalchemy import text
 from sqlalchemy.util import await_only, greenlet_spawn
@@ -23,6 +24,7 @@ from sqlalchemy.util import await_only, greenlet_spawn
 from ._compat import warn
 from ._frames import Frame, Hook, Root, active_frame, describe, frame_of_session, hooks_owner
 from ._frames import sync_view as _sync_view
+from ._outcome import commit
 from ._sessions import (
     ENDED_MESSAGE,
     FINISHED,
@@ -175,6 +177,8 @@ def unit_flow(
             yield Body(frame.session)
         except BaseException as error:
             yield from _exit(action, frame, error, options)
+            if database is not None and isinstance(error, sqlalchemy.exc.TimeoutError):
+                raise database.pool_timeout_error(is_async=is_async) from error
             raise
         yield from _exit(action, frame, None, options)
     finally:
@@ -469,7 +473,7 @@ _SHARED_STEPS: Mapping[type, Callable[[Any], object]] = {
     ),
     Execute: lambda step: _sync_view(step.session).execute(text(step.sql)),
     BeginNested: lambda step: _sync_view(step.session).begin_nested(),
-    Commit: lambda step: _sync_view(step.target).commit(),
+    Commit: lambda step: commit(_sync_view(step.target)),  # a lost connection: outcome unknown
     Rollback: lambda step: _sync_view(step.target).rollback(),
     Close: lambda step: _sync_view(step.session).close(),
     Finish: _finish,

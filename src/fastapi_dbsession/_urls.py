@@ -11,8 +11,9 @@ import re
 from urllib.parse import quote
 
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from . import _secrets
 from .errors import ConfigurationError
 
 # (backend, sync driver) -> async driver. The default driver of a backend is spelled None.
@@ -60,8 +61,6 @@ _INSTALL_HINT: dict[str, str] = {
     "greenlet": 'pip install "fastapi-dbsession[asyncio]"',
 }
 
-_PASSWORD_IN_TEXT = re.compile(r"(?P<prefix>://[^:/@\s]*:)(?P<password>[^@\s]*)(?=@)")
-
 
 # libpq's multi-host form "postgresql://user:pw@h1:5432,h2:5433/db?..." (SQLAlchemy spells it
 # "postgresql://user:pw@/db?host=h1:5432&host=h2:5433")
@@ -83,35 +82,122 @@ def _query_hosts(value: str) -> str:
     return f"{match['scheme']}://{match['auth'] or ''}{path}?{hosts}{'&' + query if query else ''}"
 
 
-def mask_text(text: str) -> str:
-    """Hide anything that looks like the password of a URL inside ``text``."""
-    return _PASSWORD_IN_TEXT.sub(r"\g<prefix>***", text)
+def mask_text(text: str, url: URL | None = None) -> str:
+    """Hide anything that looks like a password inside ``text``, and ``url``'s secrets."""
+    return _secrets.mask_text(text, _secrets.secrets_of(url))
 
 
 def render(url: URL) -> str:
-    """Render ``url`` for messages, logs and ``repr()``: the password becomes ``***``."""
-    return url.render_as_string(hide_password=True)
+    """Render ``url`` for messages, logs and ``repr()``: passwords become ``***``."""
+    return _secrets.render(url)
 
 
 def parse(value: object, *, argument: str) -> URL:
-    """Turn a user's URL (string or ``sqlalchemy.URL``) into a ``URL`` or raise a clear error."""
+    """Turn a user's URL (string or ``sqlalchemy.URL``) into a ``URL`` or raise a clear error.
+
+    A ``password`` given in the query string moves to the URL's password, where SQLAlchemy's
+    own ``repr()`` masks it too (every driver we pair reads it the same way).
+
+    Raises:
+        ConfigurationError: Not a URL, or one whose shape shows a misplaced password (an
+            unencoded ``@``, a missing ``//``), or a user or password on a SQLite URL. The
+            message never contains the password.
+    """
     if isinstance(value, URL):
-        return value
-    if not isinstance(value, str):
+        url = value
+        shown = _secrets.mask_raw(render(value))
+    elif isinstance(value, str):
+        shown = _secrets.mask_raw(value)
+        try:
+            url = make_url(_query_hosts(value))
+        except (ArgumentError, ValueError):
+            raise ConfigurationError(
+                f"{argument}={shown!r} is not a valid database URL. Expected "
+                '"dialect+driver://user:password@host:port/dbname", for example '
+                '"postgresql+psycopg://app@localhost/app" or "sqlite:///./app.db"'
+                f"{_parse_hint(value)}"
+            ) from None
+    else:
         raise ConfigurationError(
             f"{argument} must be a database URL string or a sqlalchemy.URL, "
             f"not {type(value).__name__}. Example: "
             f'DatabaseSessionManager("postgresql+psycopg://user@host/dbname").'
         )
+    _check_shape(url, value if isinstance(value, str) else str(url), shown, argument=argument)
+    _check_dialect(url, shown, argument=argument)
+    password = url.query.get("password")
+    if url.password is None and isinstance(password, str):
+        url = url.set(password=password).difference_update_query(["password"])
+    return url
+
+
+def _parse_hint(value: str) -> str:
+    """Why a URL string does not parse, for the most common slips."""
+    if "://" not in value:
+        return (
+            '. It has no "://" after the dialect name: write "dialect+driver://..." (two '
+            "slashes before the user or host)."
+        )
+    authority = value.partition("://")[2].rpartition("@")[2].partition("/")[0]
+    if "," in authority:
+        return (
+            ". It names several hosts: write them as query parameters, "
+            '"postgresql+psycopg://user@/dbname?host=h1:5432&host=h2:5432".'
+        )
+    return (
+        ". A port must be a number; special characters in the user or password (@ : / ? # %) "
+        "must be percent-encoded: urllib.parse.quote_plus(password)."
+    )
+
+
+def _check_dialect(url: URL, shown: str, *, argument: str) -> None:
+    """Refuse an unknown "dialect+driver" now rather than at the first request."""
     try:
-        return make_url(_query_hosts(value))
-    except (ArgumentError, ValueError) as exc:
+        url.get_dialect()
+    except (NoSuchModuleError, ValueError):  # ValueError: "postgresql++psycopg"
+        backend, _, driver = url.drivername.partition("+")
+        what = f"no driver {driver!r} for {backend!r}" if driver else f"no dialect {backend!r}"
         raise ConfigurationError(
-            f"{argument}={mask_text(value)!r} is not a valid database URL. Expected "
-            f'"dialect+driver://user:password@host:port/dbname", for example '
-            f'"postgresql+psycopg://app@localhost/app" or "sqlite:///./app.db". '
-            f"SQLAlchemy said: {mask_text(str(exc))}"
+            f"{argument}={shown!r}: SQLAlchemy has {what}. Check the spelling of "
+            '"dialect+driver", e.g. "postgresql+psycopg", "postgresql+asyncpg", '
+            '"mysql+pymysql", "mariadb+aiomysql", "sqlite" (a third-party dialect must be '
+            "installed)."
         ) from None
+    except ImportError:
+        pass  # a dialect that imports its driver: MissingDriverError when the engine is built
+
+
+def _check_shape(url: URL, raw: str, shown: str, *, argument: str) -> None:
+    """Refuse URLs that parsed, but not as the user meant: their password would leak."""
+    if (url.host is not None and "@" in url.host) or (
+        url.get_backend_name() != "sqlite" and raw.partition("://")[2].count("@") > 1
+    ):
+        raise ConfigurationError(
+            f"{argument}={shown!r} has more than one '@': the password (or the user name, or "
+            "a query value) contains an '@' that is not percent-encoded. Encode it as %40, "
+            "e.g. with urllib.parse.quote_plus(password), or build the URL with "
+            "sqlalchemy.URL.create()."
+        )
+    database = url.database or ""
+    if url.host is None and ":" in database and "@" in raw:
+        raise ConfigurationError(
+            f"{argument}={shown!r}: what looks like user:password@host ended up in the "
+            'database name. Write "dialect+driver://user:password@host/dbname" (two slashes).'
+        )
+    if _secrets.has_secret_assignment(database):
+        raise ConfigurationError(
+            f"{argument}={shown!r}: the database name contains a password-like 'key=value': "
+            'is the "?" before the query string missing? Write ".../dbname?password=..." '
+            "(or put the password before the host: user:password@host)."
+        )
+    if url.get_backend_name() == "sqlite" and (
+        url.username is not None or url.password is not None or url.host is not None
+    ):
+        raise ConfigurationError(
+            f"{argument}={shown!r}: SQLite URLs have no user, password or host. Write "
+            '"sqlite:///relative/path.db", "sqlite:////absolute/path.db" or "sqlite://" '
+            "(in memory)."
+        )
 
 
 def is_async_driver(url: URL) -> bool:

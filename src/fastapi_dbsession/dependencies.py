@@ -16,20 +16,22 @@ from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 import fastapi.routing
+import sqlalchemy.exc
 from anyio import CancelScope
 from fastapi import Depends, HTTPException, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
-from . import _urls
 from ._capacity import CapacityGate
 from ._database import Database
 from ._frames import Frame, Root, frames_of, sync_view
-from ._outage import unavailable_cause
+from ._holds import hold_of
+from ._outage import unavailable_cause, unavailable_message
+from ._recording import QueryStats, request_label
 from ._sessions import has_work, is_busy
 from ._units import async_drive, drive, finish_root
-from .errors import PoolTimeoutError
+from .errors import DatabaseUnavailableError, PoolTimeoutError
 from .propagation import CommitPolicy, should_commit
 
 if TYPE_CHECKING:
@@ -39,8 +41,71 @@ logger = logging.getLogger(__name__)
 
 _SCOPE_KEY = "fastapi_dbsession.commit_policy"
 
-UNAVAILABLE_DETAIL = "The database is unavailable. Retry shortly."
-RETRY_AFTER = "1"  # seconds: a failover or restart usually takes a few
+RETRY_AFTER_SECONDS = 1
+"""The ``Retry-After`` of a request that found no free connection: the overload is short-lived."""
+
+
+class PoolTimeoutResponse(PoolTimeoutError, HTTPException):
+    """A :class:`PoolTimeoutError` that FastAPI answers with 503 and ``Retry-After``.
+
+    Raised to the app instead of the plain error when a *request* found no free connection:
+    FastAPI's ``HTTPException`` handler turns it into ``503 Service Unavailable``, unless the
+    app registers its own handler for ``PoolTimeoutError`` or ``DBSessionError``, which wins
+    (Starlette looks handlers up along the class's MRO, ours first). The body never names the
+    database; the message (for logs) does, with the password masked.
+    """
+
+    def __init__(self, message: str) -> None:
+        PoolTimeoutError.__init__(self, message)
+        HTTPException.__init__(
+            self,
+            status_code=503,
+            detail="The database is busy: no connection became free in time. Retry later.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class DatabaseUnavailableResponse(DatabaseUnavailableError, HTTPException):
+    """A :class:`DatabaseUnavailableError` that FastAPI answers with 503 and ``Retry-After``.
+
+    Raised to the app when a request failed because the database could not be reached: a
+    connect failed (a failover: the old primary is gone, the standby not yet promoted) or the
+    connection was lost under a statement. The request was rolled back, nothing committed, so
+    the client may retry. An app handler for ``DatabaseUnavailableError`` or ``DBSessionError``
+    wins, as for :class:`PoolTimeoutResponse`.
+    """
+
+    def __init__(self, message: str) -> None:
+        DatabaseUnavailableError.__init__(self, message)
+        HTTPException.__init__(
+            self,
+            status_code=503,
+            detail="The database is unavailable. Retry shortly.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _as_response(database: Database, error: BaseException, *, is_async: bool) -> BaseException:
+    """``error`` itself, or its 503 form: no connection became free in time, or the database
+    could not be reached."""
+    if isinstance(error, (PoolTimeoutResponse, DatabaseUnavailableResponse)):
+        return error
+    unavailable = unavailable_cause(error)
+    if unavailable is not None:
+        message = unavailable_message(unavailable)
+        logger.warning("database unavailable, answering 503: %s", message)
+        return DatabaseUnavailableResponse(message)
+    if isinstance(error, PoolTimeoutError):
+        return PoolTimeoutResponse(str(error))
+    if isinstance(error, sqlalchemy.exc.TimeoutError):  # the pool's own checkout timeout
+        return PoolTimeoutResponse(str(database.pool_timeout_error(is_async=is_async)))
+    return error
 
 
 def _function_stack_key() -> str | None:
@@ -87,25 +152,35 @@ def _route_policy(connection: HTTPConnection, database: Database) -> CommitPolic
     return chosen.get(id(database), default)
 
 
+_Opened = tuple[
+    Any,
+    Frame,
+    "Token[Frame | None]",
+    CapacityGate | None,
+    "tuple[QueryStats, Token[QueryStats | None]] | None",
+]
+
+
 class _RequestUnit:
     """Open and end the request transaction of one database, for one side (sync or async).
 
     Both ways of hooking into FastAPI (below) use this one implementation.
     """
 
-    __slots__ = ("database", "frames", "is_async")
+    __slots__ = ("database", "dependency", "frames", "is_async")
 
     def __init__(self, database: Database, *, is_async: bool) -> None:
         self.database = database
         self.is_async = is_async
         self.frames = frames_of(is_async=is_async)
+        self.dependency: Callable[..., Any] | None = None  # what routes name in Depends()
 
-    async def open(self) -> tuple[Any, Frame, Token[Frame | None], CapacityGate | None]:
+    async def open(self, connection: HTTPConnection) -> _Opened:
         """Take a pool permit (sync), make the session and make it the context's unit."""
         database = self.database
         gate = None if self.is_async else database.capacity_gate()
         if gate is not None and not await gate.acquire(gate.timeout):
-            raise PoolTimeoutError(gate.timeout_message)
+            raise PoolTimeoutResponse(gate.timeout_message)
         session: Any
         try:
             if self.is_async:
@@ -121,11 +196,25 @@ class _RequestUnit:
             root=Root(session=session, owns_session=True, is_request=True),
             parent=self.frames.get(),
         )
-        return session, frame, self.frames.set(frame), gate
+        recording = None
+        if database.recorder is not None:
+            recording = database.recorder.start(_label(connection), connection.scope)
+        if database.config.observability.hold_warning_threshold is not None:
+            self._describe_hold(session, connection)
+        return session, frame, self.frames.set(frame), gate, recording
+
+    def _describe_hold(self, session: object, connection: HTTPConnection) -> None:
+        """Name the request and the dependency that asked for its session, for hold warnings."""
+        hold = hold_of(session)
+        if hold is None:
+            return
+        hold.request = _label(connection)
+        route, dependency = connection.scope.get("route"), self.dependency
+        hold.describe_origin = lambda: _asked_by(route, dependency)
 
     async def end(
         self,
-        opened: tuple[Any, Frame, Token[Frame | None], CapacityGate | None],
+        opened: _Opened,
         connection: HTTPConnection,
         response: Response,
         error: BaseException | None,
@@ -133,10 +222,11 @@ class _RequestUnit:
         """Commit or roll back (by the route's policy and what happened), close, run hooks.
 
         Raises:
-            HTTPException: 503 with ``Retry-After``: the endpoint failed because the database
-                could not be reached (a failover, a restart); nothing of it was committed.
+            PoolTimeoutResponse: ``error`` was a pool checkout timeout: the client gets a 503.
+            DatabaseUnavailableResponse: the endpoint failed because the database could not
+                be reached (a failover, a restart): rolled back, the client gets a 503.
         """
-        _, frame, token, gate = opened
+        _, frame, token, gate, recording = opened
         try:
             commit = error is None and should_commit(
                 _route_policy(connection, self.database), None, response.status_code
@@ -148,12 +238,43 @@ class _RequestUnit:
             self.frames.reset(token)
             if gate is not None:
                 gate.release()
-        cause = unavailable_cause(error)
-        if cause is not None:
-            logger.warning("database unavailable, answering 503: %s", _urls.mask_text(str(cause)))
-            raise HTTPException(
-                503, detail=UNAVAILABLE_DETAIL, headers={"Retry-After": RETRY_AFTER}
-            ) from error
+            if recording is not None:
+                assert self.database.recorder is not None
+                self.database.recorder.stop(*recording)
+        if error is not None:
+            replacement = _as_response(self.database, error, is_async=self.is_async)
+            if replacement is not error:
+                raise replacement from error
+
+
+def _asked_by(route: object, dependency: object) -> str:
+    """``requested by Depends(db.session) in get_user (app/auth.py:12)``, found in the route."""
+    found: list[object] = []
+
+    def walk(dependant: Any) -> None:
+        for child in getattr(dependant, "dependencies", ()):
+            if child.call is dependency:
+                found.append(dependant.call)
+            walk(child)
+
+    walk(getattr(route, "dependant", None))
+    if not found:
+        return "made for this request by Depends(db.session)"
+    where = []
+    for function in dict.fromkeys(found):  # each dependant once, outermost first
+        code = getattr(function, "__code__", None)
+        name = getattr(function, "__qualname__", repr(function))
+        place = "" if code is None else f" ({code.co_filename}:{code.co_firstlineno})"
+        where.append(f"{name}{place}")
+    return "made for this request by Depends(db.session) in " + ", ".join(where)
+
+
+def _label(connection: HTTPConnection) -> str:
+    """``GET /items/{item_id}``: the request's method and route, for logs."""
+    scope = connection.scope
+    return request_label(
+        scope.get("method"), getattr(scope.get("route"), "path", None), scope["path"]
+    )
 
 
 def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., Awaitable[Any]]:
@@ -171,7 +292,7 @@ def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., 
 
     async def request_session(connection: HTTPConnection, response: Response) -> Any:
         stack: AsyncExitStack = connection.scope[FUNCTION_STACK_KEY]
-        opened = await unit.open()
+        opened = await unit.open(connection)
 
         async def end(
             kind: type[BaseException] | None, error: BaseException | None, traceback: object
@@ -182,6 +303,7 @@ def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., 
         stack.push_async_exit(end)
         return opened[0]
 
+    unit.dependency = request_session
     return request_session
 
 
@@ -191,7 +313,7 @@ def _nested_dependency(unit: _RequestUnit) -> Callable[..., Awaitable[Any]]:
     async def request_session_scope(
         connection: HTTPConnection, response: Response
     ) -> AsyncIterator[Any]:
-        opened = await unit.open()
+        opened = await unit.open(connection)
         try:
             yield opened[0]
         except BaseException as error:
@@ -204,6 +326,7 @@ def _nested_dependency(unit: _RequestUnit) -> Callable[..., Awaitable[Any]]:
     ) -> Any:
         return session
 
+    unit.dependency = request_session
     return request_session
 
 

@@ -9,6 +9,8 @@ DBSessionError
 │   └── MissingDriverError(ConfigurationError, ImportError)  driver or greenlet not installed
 ├── DatabaseUnavailableError(DBSessionError, ConnectionError)  startup check or a connect failed
 ├── PoolTimeoutError(DBSessionError, TimeoutError)        no connection became free in time
+├── CommandTimeoutError(DBSessionError, TimeoutError)     the database stopped answering
+├── CommitOutcomeUnknownError(DBSessionError, RuntimeError)  connection lost during COMMIT
 ├── SessionFinishedError(DBSessionError, RuntimeError)    request session used after it ended
 ├── ConcurrentSessionUseError(DBSessionError, RuntimeError)  one AsyncSession, two tasks
 ├── NoActiveTransactionError(DBSessionError, RuntimeError)  nothing in scope (MANDATORY, ...)
@@ -24,6 +26,8 @@ DBSessionWarning(UserWarning)                              misuse that still wor
 from __future__ import annotations
 
 __all__ = [
+    "CommandTimeoutError",
+    "CommitOutcomeUnknownError",
     "ConcurrentSessionUseError",
     "ConfigurationError",
     "ConnectionDeadlockError",
@@ -65,6 +69,26 @@ class DatabaseUnavailableError(DBSessionError, ConnectionError):
 
 class PoolTimeoutError(DBSessionError, TimeoutError):
     """A request waited longer than the pool timeout for a free connection."""
+
+
+class CommandTimeoutError(DBSessionError, TimeoutError):
+    """The database did not answer one command within ``command_timeout`` seconds.
+
+    The connection was closed and discarded (never returned to the pool); what the command
+    did on the server is rolled back with it, unless the command was ``COMMIT`` (then
+    :class:`CommitOutcomeUnknownError` is raised instead, with this error as its cause).
+    """
+
+
+class CommitOutcomeUnknownError(DBSessionError, RuntimeError):
+    """The connection was lost while ``COMMIT`` ran: the transaction may or may not be durable.
+
+    The server may have committed and died before answering, or never received the
+    ``COMMIT``. No client can tell (CockroachDB calls it an *ambiguous commit*, SQLSTATE
+    40003). ``@transactional(retries=...)`` never re-runs such a unit: re-running a commit
+    that did happen would apply it twice. Make the write idempotent (an idempotency key under
+    a unique constraint) and let the client retry the request; see docs/guarantees.md.
+    """
 
 
 class SessionFinishedError(DBSessionError, RuntimeError):

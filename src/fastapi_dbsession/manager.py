@@ -14,6 +14,9 @@ from starlette.requests import HTTPConnection
 from . import _config, decorators, dependencies, transactions
 from ._database import Database
 from ._facets.context import ContextFacet
+from ._facets.observability import ObservabilityFacet
+from ._facets.operations import OperationsFacet
+from ._probes import Prober
 from .decorators import P, R, TransactionalDecorator
 from .propagation import CommitPolicy, Propagation, check_policy, make_options
 
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 
-class DatabaseSessionManager(ContextFacet):
+class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet):
     """Own the engines and sessions of one database for a FastAPI app.
 
     Build one per database at import time, hand ``db.lifespan`` to FastAPI, and ask for the
@@ -45,6 +48,22 @@ class DatabaseSessionManager(ContextFacet):
         async_session_class: The async one, e.g. ``sqlmodel.ext.asyncio.session.AsyncSession``.
         commit_policy: What request sessions do when the endpoint succeeds: ``"commit"``
             (default), ``"manual"`` or ``"read_only"``; per route: ``db.commit_policy(...)``.
+        name: This database's name in log lines and metrics (default: the URL's database
+            name, a SQLite file's stem, else ``"default"``).
+        record_queries: Count and time each request's SQL statements and log one line per
+            request (logger ``fastapi_dbsession.queries``); ``ServerTimingMiddleware`` puts
+            the figures in a ``Server-Timing`` header. Off: no listener is installed.
+        slow_query_threshold: Log statements taking at least this many seconds, with the
+            code location that issued them (logger ``fastapi_dbsession.slow_queries``).
+        log_query_parameters: Show slow statements' parameters (hidden by default).
+        hold_warning_threshold: Log a request or unit of work whose transaction held a
+            connection this many seconds or more, with its route or the code that opened it
+            (logger ``fastapi_dbsession.holds``); also report sessions garbage-collected open.
+        startup_retries: How often ``lifespan``'s startup check retries a database that does
+            not answer (backoff 0.5 s, doubling, capped at 5 s) before it raises.
+        startup_timeout: The deadline of each startup attempt, in seconds.
+        pool_saturation_warning: Log a WARNING (at most once a minute per pool) when this
+            fraction of the pool is checked out; None turns it off.
         pgbouncer: The database is reached through PgBouncer in transaction (or statement)
             pooling mode: every PostgreSQL driver is kept off server-side prepared statements
             (see docs/scaling.md).
@@ -71,10 +90,19 @@ class DatabaseSessionManager(ContextFacet):
         session_class: type[Session] = Session,
         async_session_class: type[AsyncSession] | None = None,
         commit_policy: CommitPolicy = "commit",
+        name: str | None = None,
+        record_queries: bool = False,
+        slow_query_threshold: float | None = None,
+        log_query_parameters: bool = False,
+        hold_warning_threshold: float | None = None,
+        startup_retries: int = 3,
+        startup_timeout: float = 5.0,
+        pool_saturation_warning: float | None = 0.9,
         pgbouncer: bool = False,
     ) -> None:
         config = _config.build_config(**_arguments(locals()))
         self._database = Database(config)  # the one seam fastapi_dbsession.testing uses
+        self._prober = Prober(self._database)
         self._policy_dependencies: dict[str, Callable[[HTTPConnection], Awaitable[None]]] = {}
         self.session: Callable[..., Awaitable[Session]] = dependencies.session_dependency(
             self._database
@@ -249,10 +277,14 @@ class DatabaseSessionManager(ContextFacet):
         ``FastAPI(lifespan=db.lifespan)``, or ``async with db.lifespan(app):`` in your own.
         Only the URLs you gave are checked: a derived twin is created on first use.
 
+        The check retries ``startup_retries`` times with backoff, each attempt within
+        ``startup_timeout`` seconds.
+
         Raises:
-            DatabaseUnavailableError: A configured database cannot be reached.
+            DatabaseUnavailableError: A configured database cannot be reached; names host and
+                port (password masked).
         """
-        await self._database.startup()
+        await self._prober.startup()
         try:
             yield
         finally:

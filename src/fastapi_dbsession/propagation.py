@@ -13,7 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from .errors import ConfigurationError, NoActiveTransactionError, TransactionExistsError
+from .errors import (
+    CommitOutcomeUnknownError,
+    ConfigurationError,
+    NoActiveTransactionError,
+    TransactionExistsError,
+)
 
 
 class Propagation(enum.Enum):
@@ -304,6 +309,8 @@ def retry_cause(error: BaseException, *, lock_timeouts: bool = False) -> RetryCa
         error: The exception raised by the unit of work.
         lock_timeouts: Also retry MySQL/MariaDB lock wait timeouts (1205).
     """
+    if isinstance(error, CommitOutcomeUnknownError):  # it may have committed: never re-run
+        return None
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:

@@ -1,0 +1,192 @@
+"""No password in what the library raises, logs or ``repr()``s, whatever the URL's shape.
+
+The URLs carry :data:`SECRET`; every test looks for it (and its percent-encoded spelling) in
+the formatted traceback of what was raised (chained causes included), in ``repr(db)``,
+``str(db.url)``, the engine's ``repr()`` and every log record of ``fastapi_dbsession``.
+The property tests over random URLs and options are in ``tests/test_properties.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from urllib.parse import quote_plus
+
+import pytest
+from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import URL, text
+from sqlalchemy.orm import Session
+
+from fastapi_dbsession import (
+    ConfigurationError,
+    DatabaseSessionManager,
+    DatabaseUnavailableError,
+)
+
+SECRET = "Zq8s3cr3tPw"
+SPELLINGS = (SECRET, quote_plus(SECRET))
+
+
+def _shown(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)) + repr(exc)
+
+
+def _assert_hidden(*texts: str) -> None:
+    for shown in texts:
+        for spelling in SPELLINGS:
+            assert spelling not in shown, shown
+
+
+async def _select_one_async(db: DatabaseSessionManager) -> None:
+    try:
+        async with db.async_transaction() as session:
+            await session.execute(text("SELECT 1"))
+    finally:
+        await db.async_dispose()
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="fastapi_dbsession")
+    return caplog
+
+
+# (URL, what the error says): shapes that cannot be used, each refused at construction.
+REFUSED = [
+    (f"postgresql//u:{SECRET}@h/db", 'no "://"'),
+    (f"postgresql:u:{SECRET}@h/db", 'no "://"'),
+    (f"u:{SECRET}@h/db", 'no "://"'),
+    (f"postgresql+psycopg://u:{SECRET}@h1:5432,h2:5433/db", "several hosts"),
+    (f"postgresql+psycopg://u:{SECRET}", "port must be a number"),
+    (f"postgresql+psycopg://u:{SECRET}@h:notaport/db", "port must be a number"),
+    (f"postgresql+psycopg://u:pa@{SECRET}@h/db", "more than one '@'"),
+    (f"postgresql+psycopg://u:{SECRET}@pa@h/db", "more than one '@'"),
+    (f"postgresql+psycopg://u:pa/s@{SECRET}@h/db", "more than one '@'"),
+    (f"postgresql+psycopg://u@h/db?password=ab@{SECRET}", "more than one '@'"),
+    (f"mysql+pymysql:///u:{SECRET}@h", "ended up in the database name"),
+    (f"postgresql+psycopg://u@h/dbsslmode=x&password={SECRET}", "password-like"),
+    (f"sqlite://u:{SECRET}@h/app.db", "SQLite URLs have no user"),
+    (f"http://u:{SECRET}@x/db", "no dialect 'http'"),
+    (f"nosuchdb://u:{SECRET}@x/db", "no dialect 'nosuchdb'"),
+    (f"postgresql+nosuch://u:{SECRET}@x/db", "no driver 'nosuch' for 'postgresql'"),
+    (f"postgresql++psycopg://u:{SECRET}@x/db", "Check the spelling"),
+]
+
+
+@pytest.mark.parametrize(("url", "message"), REFUSED)
+@pytest.mark.parametrize("argument", ["url", "async_url"])
+def test_unusable_url_is_refused_without_its_password(
+    url: str, message: str, argument: str, logs: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(ConfigurationError, match=message) as caught:
+        DatabaseSessionManager(**{argument: url})  # type: ignore[arg-type]
+
+    assert f"{argument}=" in str(caught.value)
+    assert "***" in str(caught.value)
+    _assert_hidden(_shown(caught.value), logs.text)
+
+
+def test_a_sqlalchemy_url_object_is_checked_too() -> None:
+    url = URL.create("postgresql+psycopg", username="u", password=SECRET, host="pa@h")
+    with pytest.raises(ConfigurationError, match="more than one '@'|contains an '@'") as caught:
+        DatabaseSessionManager(url)
+    _assert_hidden(_shown(caught.value))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://u:{SECRET}@127.0.0.1:1/db",
+        f"postgresql+psycopg://u:{quote_plus('p@ss:/?#' + SECRET)}@127.0.0.1:1/db",
+        f"postgresql+psycopg://u@127.0.0.1:1/db?password={SECRET}",
+        f"postgresql+psycopg://u@127.0.0.1:1/db?sslmode=disable&password={SECRET}&connect_timeout=5",
+        f"postgresql+psycopg://u:{SECRET}@/db?host=127.0.0.1:1&host=127.0.0.2:1",
+        f"postgresql+asyncpg://u:{SECRET}@127.0.0.1:1/db",
+        f"mysql+pymysql://u:{SECRET}@127.0.0.1:1/db",
+        f"mysql+pymysql://u@127.0.0.1:1/db?password={SECRET}",
+        f"mariadb+aiomysql://u:{SECRET}@127.0.0.1:1/db",
+    ],
+)
+def test_usable_url_never_shows_its_password(url: str, logs: pytest.LogCaptureFixture) -> None:
+    db = DatabaseSessionManager(url)
+    shown = [repr(db), str(db.url), str(db.async_url)]
+    shown += [repr(db.engine), repr(db.async_engine)]
+
+    with pytest.raises(DatabaseUnavailableError) as sync_error, db.transaction() as session:
+        session.execute(text("SELECT 1"))
+
+    with pytest.raises(DatabaseUnavailableError) as async_error:
+        asyncio.run(_select_one_async(db))
+    db.dispose()
+
+    _assert_hidden(*shown, _shown(sync_error.value), _shown(async_error.value), logs.text)
+    assert "***" in repr(db)
+
+
+def test_other_secret_query_values_are_masked_in_our_messages(
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    """sslpassword stays in the query (SQLAlchemy's own str(url) shows it): ours mask it."""
+    db = DatabaseSessionManager(f"postgresql+psycopg://u@127.0.0.1:1/db?sslpassword={SECRET}")
+    with pytest.raises(DatabaseUnavailableError) as caught, db.transaction() as session:
+        session.execute(text("SELECT 1"))
+    db.dispose()
+
+    assert "sslpassword=***" in repr(db)
+    _assert_hidden(repr(db), _shown(caught.value), logs.text)
+
+
+def test_query_password_moves_where_sqlalchemy_masks_it() -> None:
+    db = DatabaseSessionManager(f"postgresql+psycopg://u@h/db?sslmode=require&password={SECRET}")
+
+    assert db.url is not None
+    assert db.url.password == SECRET  # the driver gets it, as the password
+    assert dict(db.url.query) == {"sslmode": "require"}
+    assert SECRET not in repr(db.engine.url)
+
+
+def test_unreachable_server_at_first_use_names_host_and_port() -> None:
+    """No lifespan: the first request's connect fails with our error, the driver's as cause."""
+    db = DatabaseSessionManager(f"postgresql+psycopg://app:{SECRET}@127.0.0.1:1/app")
+    app = FastAPI()
+
+    @app.get("/")
+    def read(session: Session = Depends(db.session)) -> int:
+        return int(session.scalar(text("SELECT 1")) or 0)
+
+    with TestClient(app) as client, pytest.raises(DatabaseUnavailableError) as caught:
+        client.get("/")
+
+    message = str(caught.value)
+    assert "Cannot reach the database at 127.0.0.1:1 " in message
+    assert "postgresql+psycopg://app:***@127.0.0.1:1/app" in message
+    assert type(caught.value.__cause__).__module__.startswith("psycopg")
+    _assert_hidden(_shown(caught.value))
+
+
+@pytest.mark.parametrize(
+    ("url", "cause"),
+    [
+        ("postgresql+asyncpg://app@127.0.0.1:1/app", ConnectionRefusedError),
+        ("mysql+aiomysql://app@127.0.0.1:1/app", Exception),
+    ],
+)
+def test_unreachable_server_at_first_async_use(url: str, cause: type[Exception]) -> None:
+    db = DatabaseSessionManager(async_url=url)
+
+    with pytest.raises(DatabaseUnavailableError, match=r"at 127\.0\.0\.1:1 ") as caught:
+        asyncio.run(_select_one_async(db))
+    assert isinstance(caught.value.__cause__, cause)
+    assert isinstance(caught.value, ConnectionError)
+
+
+def test_driver_refusing_connect_arguments_is_a_configuration_error() -> None:
+    db = DatabaseSessionManager(
+        "postgresql+psycopg://app@127.0.0.1:1/app", engine_options={"connect_args": {"bogus": 1}}
+    )
+    refused = pytest.raises(ConfigurationError, match="refused the connection arguments")
+    with refused as caught, db.transaction() as session:
+        session.execute(text("SELECT 1"))
+    assert caught.value.__cause__ is not None
