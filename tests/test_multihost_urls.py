@@ -49,7 +49,7 @@ def test_asyncpg_multi_host_keeps_the_ports_for_asyncpg() -> None:
 @pytest.mark.parametrize(
     ("url", "side"),
     [
-        ("postgresql+psycopg://app:s3cret@db1:54x2,db2/appdb", "url"),
+        ("postgresql+psycopg://app:s3cret@/appdb?host=db1:54x2&host=db2", "url"),
         ("postgresql+asyncpg://app:s3cret@db1,db2:5432/appdb", "async_url"),
     ],
     ids=["port-not-a-number", "asyncpg-port-missing"],
@@ -58,4 +58,10 @@ def test_a_malformed_multi_host_url_is_our_error_without_the_password(url: str, 
     db = DatabaseSessionManager(**{side: url})
     with pytest.raises(ConfigurationError, match="host:port") as caught:
         _ = db.engine if side == "url" else db.async_engine  # checked when the engine is made
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_bad_port_in_libpq_hosts_is_refused_at_construction() -> None:
+    with pytest.raises(ConfigurationError, match="several hosts") as caught:
+        DatabaseSessionManager("postgresql+psycopg://app:s3cret@db1:54x2,db2/appdb")
     assert "s3cret" not in str(caught.value)

@@ -69,16 +69,19 @@ _COMMA_HOSTS = re.compile(
     r"(?P<hosts>[^@/?#]*,[^@/?#]*)(?P<rest>[/?].*)?$"
 )
 
+_HOST_PORT = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[^:\[\]]+)(?::\d+)?$")
+
 
 def _query_hosts(value: str) -> str:
     """Rewrite libpq's comma-separated hosts into SQLAlchemy's repeated ``host=`` query."""
     match = _COMMA_HOSTS.match(value)
     if match is None:
         return value
+    names = [host.strip() for host in match["hosts"].split(",")]
+    if not all(_HOST_PORT.match(name) for name in names):
+        return value  # make_url refuses it; _parse_hint explains
     path, _, query = (match["rest"] or "/").partition("?")
-    hosts = "&".join(
-        f"host={quote(host.strip(), safe=':[]')}" for host in match["hosts"].split(",")
-    )
+    hosts = "&".join(f"host={quote(name, safe=':[]')}" for name in names)
     return f"{match['scheme']}://{match['auth'] or ''}{path}?{hosts}{'&' + query if query else ''}"
 
 
@@ -141,8 +144,9 @@ def _parse_hint(value: str) -> str:
     authority = value.partition("://")[2].rpartition("@")[2].partition("/")[0]
     if "," in authority:
         return (
-            ". It names several hosts: write them as query parameters, "
-            '"postgresql+psycopg://user@/dbname?host=h1:5432&host=h2:5432".'
+            ". It names several hosts: each must be host or host:port with a numeric port "
+            '("postgresql+psycopg://user@h1:5432,h2:5432/dbname"), or write them as query '
+            'parameters, "postgresql+psycopg://user@/dbname?host=h1:5432&host=h2:5432".'
         )
     return (
         ". A port must be a number; special characters in the user or password (@ : / ? # %) "
