@@ -1,6 +1,6 @@
-"""Production wiring: health probes, pool status, the startup check, one manager per database.
+"""Production wiring: typed settings, health probes, pool status, the startup check.
 
-Run it with DATABASE_URL set (any URL the library takes), e.g.
+Needs the [settings] extra. Run it with DATABASE_URL set (any URL the library takes), e.g.
 ``DATABASE_URL=postgresql+psycopg://app@db/app uvicorn examples.production.app:app``.
 """
 
@@ -10,10 +10,13 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from fastapi_dbsession import DatabaseSessionManager
+from fastapi_dbsession import DatabaseSessionManager, DatabaseSettings
 
 # --8<-- [start:manager]
-db = DatabaseSessionManager.from_env(
+# DATABASE_URL, DATABASE_PASSWORD, DATABASE_POOL_SIZE, ... from the environment or .env
+settings = DatabaseSettings()
+db = DatabaseSessionManager.from_settings(
+    settings,
     startup_retries=5,  # the database may start after the app (compose, Kubernetes)
     startup_timeout=3.0,  # each attempt gives up after 3 s, even on a frozen server
     pool_saturation_warning=0.8,  # WARNING once a minute when 80 % of the pool is out

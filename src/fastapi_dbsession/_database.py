@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -70,6 +72,7 @@ class Database:
         self._gate: CapacityGate | None = None
         self._gate_built = False
         self._binding: Binding | None = None
+        _ALL.add(self)
         self.recorder: QueryRecorder | None = (
             QueryRecorder(config.observability, config.name)
             if config.observability.watches_queries
@@ -107,6 +110,8 @@ class Database:
         return value
 
     def _create_engine(self) -> Engine:
+        if self._config.engine is not None:
+            return self._config.engine  # the user's, used as it is
         url = self._require(self._config.url, side="sync")
         engine = _engines.create(
             create_engine,
@@ -119,6 +124,8 @@ class Database:
         return engine
 
     def _create_async_engine(self) -> AsyncEngine:
+        if self._config.async_engine is not None:
+            return self._config.async_engine
         url = self._require(self._config.async_url, side="async")
         create_async_engine = _compat.require_asyncio().create_async_engine
         options = self._config.async_engine_options
@@ -160,13 +167,13 @@ class Database:
             return url
         if side == "sync":
             raise ConfigurationError(
-                f"{self!r} has no sync URL and none can be derived from its async URL. Pass "
-                "url= (e.g. postgresql+psycopg://...) or use db.async_session / "
+                f"{self!r} has no sync URL and none can be derived from its async side. Pass "
+                "url= (e.g. postgresql+psycopg://...) or engine=, or use db.async_session / "
                 "db.async_transaction()."
             )
         raise ConfigurationError(
-            f"{self!r} has no async URL and none can be derived from its sync URL. Pass "
-            "async_url= (e.g. postgresql+asyncpg://...) or use the sync API "
+            f"{self!r} has no async URL and none can be derived from its sync side. Pass "
+            "async_url= (e.g. postgresql+asyncpg://...) or async_engine=, or use the sync API "
             "(db.session / db.transaction())."
         )
 
@@ -297,19 +304,19 @@ class Database:
 
     # -- lifetime ------------------------------------------------------------------------
 
-    def dispose(self) -> None:
-        """Close every pooled connection of the sync engine (it is recreated on next use)."""
+    def dispose(self, *, given_too: bool = True) -> None:
+        """Close the sync engine's pooled connections (``given_too``: a user's engine too)."""
         with self._lock:
             engine, self._engine, self._sync_factory = self._engine, None, None
             self._gate, self._gate_built = None, False
-        if engine is not None:
+        if engine is not None and (given_too or not self._config.is_given(engine)):
             engine.dispose()
             logger.info("disposed sync engine for %s", _urls.render(engine.url))
 
-    async def async_dispose(self) -> None:
+    async def async_dispose(self, *, given_too: bool = True) -> None:
         """Close every pooled connection of the async engine (it is recreated on next use)."""
         engine = self._take_async_engine()
-        if engine is not None:
+        if engine is not None and (given_too or not self._config.is_given(engine)):
             await engine.dispose()
             logger.info("disposed async engine for %s", _urls.render(engine.url))
 
@@ -320,19 +327,49 @@ class Database:
 
     def repoint(self, url: URL | None, async_url: URL | None) -> None:
         """Point at other databases (a test database), disposing the engines it replaces."""
-        self.dispose()
+        self.reconfigure(self._config.with_urls(url, async_url))
+
+    def reconfigure(self, config: Config) -> None:
+        """Use ``config`` from now on (other URLs or engines); dispose the engines we built."""
+        self.dispose(given_too=False)
         engine = self._take_async_engine()
-        if engine is not None:
+        if engine is not None and not self._config.is_given(engine):
             _dispose_outside_loop(engine)
-        self._config = self._config.with_urls(url, async_url)
+        self._config = config
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's pooled connections, never touching them.
+
+        SQLAlchemy's recipe for pre-fork servers (``engine.dispose(close=False)``): the child
+        starts with empty pools; the parent's connections stay the parent's. The capacity gate
+        counted the parent's requests, so the child gets a new one.
+        """
+        for engine in (self._engine, self._async_engine):
+            if engine is not None:
+                getattr(engine, "sync_engine", engine).dispose(close=False)
+        self._gate, self._gate_built = None, False
 
     async def shutdown(self) -> None:
         """Dispose both engines; under a test's binding, only close this loop's connection."""
         if self._binding is not None:
             await self._binding.async_close_loop()  # the test owns the engines
             return
-        await self.async_dispose()
-        await anyio.to_thread.run_sync(self.dispose)
+        given_too = self._config.dispose_engines
+        await self.async_dispose(given_too=given_too)
+        await anyio.to_thread.run_sync(lambda: self.dispose(given_too=given_too))
+
+
+_ALL: weakref.WeakSet[Database] = weakref.WeakSet()
+"""Every live Database, so that a forked child can let go of the parent's connections."""
+
+
+def _after_fork_in_child() -> None:
+    for database in list(_ALL):
+        database.after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX: gunicorn/uvicorn workers fork after import
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _dispose_outside_loop(engine: AsyncEngine) -> None:

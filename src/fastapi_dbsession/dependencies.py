@@ -9,7 +9,8 @@ client a 2xx.)
 
 # No "from __future__ import annotations" here: FastAPI reads these signatures at runtime.
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from contextlib import AsyncExitStack
 from contextvars import Token
 from types import CodeType
@@ -91,6 +92,29 @@ class DatabaseUnavailableResponse(DatabaseUnavailableError, HTTPException):
         return str(self.args[0])
 
 
+BUSY_LOG_INTERVAL = 10.0
+"""Seconds between two "answered 503" log lines of one kind; the ones in between are counted."""
+_log_503_state: dict[str, tuple[float, int]] = {}  # kind -> (last line, lines held back)
+
+
+def _log_503(kind: str, message: str) -> None:
+    """Log an "answered 503" line, at most one per kind every ``BUSY_LOG_INTERVAL`` seconds."""
+    now = time.monotonic()
+    last, quiet = _log_503_state.get(kind, (-BUSY_LOG_INTERVAL, 0))
+    if now - last >= BUSY_LOG_INTERVAL:
+        _log_503_state[kind] = (now, 0)
+        more = f" ({quiet} more since the last line)" if quiet else ""
+        logger.warning("answered 503 with Retry-After: %s%s", message, more)
+    else:
+        _log_503_state[kind] = (last, quiet + 1)
+
+
+def _busy(message: str) -> PoolTimeoutResponse:
+    """The 503 for a request that found no free connection, logged (rate-limited)."""
+    _log_503("busy", message)
+    return PoolTimeoutResponse(message)
+
+
 def _as_response(database: Database, error: BaseException, *, is_async: bool) -> BaseException:
     """``error`` itself, or its 503 form: no connection became free in time, or the database
     could not be reached."""
@@ -99,12 +123,12 @@ def _as_response(database: Database, error: BaseException, *, is_async: bool) ->
     unavailable = unavailable_cause(error)
     if unavailable is not None:
         message = unavailable_message(unavailable)
-        logger.warning("database unavailable, answering 503: %s", message)
+        _log_503("unavailable", message)
         return DatabaseUnavailableResponse(message)
     if isinstance(error, PoolTimeoutError):
-        return PoolTimeoutResponse(str(error))
+        return _busy(str(error))
     if isinstance(error, sqlalchemy.exc.TimeoutError):  # the pool's own checkout timeout
-        return PoolTimeoutResponse(str(database.pool_timeout_error(is_async=is_async)))
+        return _busy(str(database.pool_timeout_error(is_async=is_async)))
     return error
 
 
@@ -133,23 +157,38 @@ def _function_stack_key() -> str | None:
 FUNCTION_STACK_KEY = _function_stack_key()
 
 
+_RouteRule = tuple[CommitPolicy, Container[int] | None]
+
+
 def commit_policy_dependency(
-    database: Database, policy: CommitPolicy
+    database: Database, policy: CommitPolicy, statuses: Container[int] | None = None
 ) -> Callable[[HTTPConnection], Awaitable[None]]:
-    """Build the route dependency that overrides ``database``'s commit policy for one route."""
+    """Build the route dependency that overrides ``database``'s commit rule for one route.
+
+    ``statuses`` None keeps the manager's ``commit_statuses``.
+    """
 
     async def commit_policy(connection: HTTPConnection) -> None:
-        connection.scope.setdefault(_SCOPE_KEY, {})[id(database)] = policy
+        rule = (policy, database.config.commit_statuses if statuses is None else statuses)
+        connection.scope.setdefault(_SCOPE_KEY, {})[id(database)] = rule
 
     return commit_policy
 
 
-def _route_policy(connection: HTTPConnection, database: Database) -> CommitPolicy:
-    default = database.config.commit_policy
-    chosen: dict[int, CommitPolicy] | None = connection.scope.get(_SCOPE_KEY)
-    if chosen is None:
-        return default
-    return chosen.get(id(database), default)
+def _route_rule(connection: HTTPConnection, database: Database) -> _RouteRule:
+    chosen: dict[int, _RouteRule] | None = connection.scope.get(_SCOPE_KEY)
+    rule = None if chosen is None else chosen.get(id(database))
+    if rule is None:
+        return database.config.commit_policy, database.config.commit_statuses
+    return rule
+
+
+def _status(connection: HTTPConnection, response: Response) -> int | None:
+    """The status set on the injected ``Response``, else the route's declared one."""
+    if response.status_code is not None:
+        return response.status_code
+    declared = getattr(connection.scope.get("route"), "status_code", None)
+    return declared if isinstance(declared, int) else None
 
 
 _Opened = tuple[
@@ -180,7 +219,7 @@ class _RequestUnit:
         database = self.database
         gate = None if self.is_async else database.capacity_gate()
         if gate is not None and not await gate.acquire(gate.timeout):
-            raise PoolTimeoutResponse(gate.timeout_message)
+            raise _busy(gate.timeout_message)
         session: Any
         try:
             if self.is_async:
@@ -228,9 +267,9 @@ class _RequestUnit:
         """
         _, frame, token, gate, recording = opened
         try:
-            commit = error is None and should_commit(
-                _route_policy(connection, self.database), None, response.status_code
-            )
+            policy, statuses = _route_rule(connection, self.database)
+            status = _status(connection, response)
+            commit = error is None and should_commit(policy, None, status, statuses)
             await _finish(frame, commit, is_async=self.is_async)
             if error is None:
                 logger.debug("request session %s", "committed" if commit else "rolled back")
