@@ -43,6 +43,11 @@ class CapacityGate:
         self._lock = threading.Lock()
         self._waiters: deque[_Waiter] = deque()
 
+    @property
+    def waiting(self) -> int:
+        """How many requests are waiting for a permit right now."""
+        return len(self._waiters)
+
     async def acquire(self, within: float) -> bool:
         """Take a permit, waiting up to ``within`` seconds; return False on timeout."""
         with self._lock:

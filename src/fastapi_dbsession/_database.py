@@ -17,15 +17,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio.to_thread
-from sqlalchemy import create_engine, text
+import sqlalchemy
+from sqlalchemy import text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import _compat, _engines, _holds, _urls
+from . import _compat, _engines, _urls
 from ._capacity import CapacityGate
 from ._config import Config
-from ._recording import QueryRecorder
 from ._sessions import guarded_async_session_class, guarded_session_class
+from ._watchers import Watchers
 from .errors import ConfigurationError, DatabaseUnavailableError
 
 if TYPE_CHECKING:
@@ -69,12 +70,8 @@ class Database:
         self._gate: CapacityGate | None = None
         self._gate_built = False
         self._binding: Binding | None = None
-        self.recorder: QueryRecorder | None = (
-            QueryRecorder(config.observability, config.name)
-            if config.observability.watches_queries
-            else None
-        )
-        """The statement listeners (None: query recording and the slow-query log are off)."""
+        self.watchers = Watchers(config.observability, config.name)
+        """Query recording, hold-time watches, engine hooks, gate observers (all opt-in)."""
 
     def __repr__(self) -> str:
         return f"DatabaseSessionManager({self._config.describe()})"
@@ -108,13 +105,13 @@ class Database:
     def _create_engine(self) -> Engine:
         url = self._require(self._config.url, side="sync")
         engine = _engines.create(
-            create_engine,
+            sqlalchemy.create_engine,  # looked up now: instrumentation may have wrapped it
             url,
-            self._config.engine_options,
+            self.watchers.engine_options(self._config.engine_options, is_async=False),
             side="sync",
             pgbouncer=self._config.pgbouncer,
         )
-        self._engine_created(engine)
+        self.watchers.engine_created(engine)
         return engine
 
     def _create_async_engine(self) -> AsyncEngine:
@@ -130,15 +127,31 @@ class Database:
                 url.get_driver_name(),
             )
         engine: AsyncEngine = _engines.create(
-            create_async_engine, url, options, side="async", pgbouncer=self._config.pgbouncer
+            create_async_engine,
+            url,
+            self.watchers.engine_options(options, is_async=True),
+            side="async",
+            pgbouncer=self._config.pgbouncer,
         )
-        self._engine_created(engine.sync_engine)
+        self.watchers.engine_created(engine.sync_engine)
         return engine
 
-    def _engine_created(self, engine: Engine) -> None:
-        """Install what watches a new engine (the sync one, or an async engine's sync one)."""
-        if self.recorder is not None:
-            self.recorder.install(engine)
+    def add_engine_hook(self, hook: Callable[[Engine], object]) -> None:
+        """Call ``hook`` with every engine from now on (re-created ones too), and those alive."""
+        with self._lock:
+            self.watchers.engine_hooks.append(hook)
+            alive = self.live_engines()
+        for _, engine in alive:
+            hook(engine)
+
+    def live_engines(self) -> list[tuple[str, Engine]]:
+        """``("sync", engine)`` / ``("async", its sync engine)`` for the engines created so far."""
+        alive: list[tuple[str, Engine]] = []
+        if self._engine is not None:
+            alive.append(("sync", self._engine))
+        if self._async_engine is not None:
+            alive.append(("async", self._async_engine.sync_engine))
+        return alive
 
     def _require(self, url: URL | None, *, side: str) -> URL:
         if url is not None:
@@ -187,6 +200,11 @@ class Database:
             self._gate, self._gate_built = gate, True
         return self._gate
 
+    def gate_waiting(self) -> int:
+        """Requests waiting at the capacity gate now (0 before the gate exists)."""
+        gate = self._gate
+        return 0 if gate is None else gate.waiting
+
     # -- sessions ------------------------------------------------------------------------
 
     @property
@@ -231,7 +249,7 @@ class Database:
             )
         else:
             session = self.session_factory()
-        self._watch(session)
+        self.watchers.session_created(session)
         return session
 
     async def async_new_session(self, *, autocommit: bool = False) -> AsyncSession:
@@ -244,13 +262,8 @@ class Database:
             )
         else:
             session = self.async_session_factory()
-        self._watch(session.sync_session)
+        self.watchers.session_created(session.sync_session)
         return session
-
-    def _watch(self, session: Session) -> None:
-        threshold = self._config.observability.hold_warning_threshold
-        if threshold is not None:
-            _holds.watch(session, threshold, self._config.name)
 
     # -- test binding --------------------------------------------------------------------
 

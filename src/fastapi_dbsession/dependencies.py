@@ -9,6 +9,7 @@ client a 2xx.)
 
 # No "from __future__ import annotations" here: FastAPI reads these signatures at runtime.
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from contextvars import Token
@@ -111,8 +112,8 @@ class _RequestUnit:
         """Take a pool permit (sync), make the session and make it the context's unit."""
         database = self.database
         gate = None if self.is_async else database.capacity_gate()
-        if gate is not None and not await gate.acquire(gate.timeout):
-            raise PoolTimeoutError(gate.timeout_message)
+        if gate is not None:
+            await _pass(gate, database.watchers.gate_observers)
         session: Any
         try:
             if self.is_async:
@@ -129,9 +130,9 @@ class _RequestUnit:
             parent=self.frames.get(),
         )
         recording = None
-        if database.recorder is not None:
-            recording = database.recorder.start(_label(connection), connection.scope)
-        if database.config.observability.hold_warning_threshold is not None:
+        if database.watchers.recorder is not None:
+            recording = database.watchers.recorder.start(_label(connection), connection.scope)
+        if database.watchers.hold_threshold is not None:
             self._describe_hold(session, connection)
         return session, frame, self.frames.set(frame), gate, recording
 
@@ -165,8 +166,23 @@ class _RequestUnit:
             if gate is not None:
                 gate.release()
             if recording is not None:
-                assert self.database.recorder is not None
-                self.database.recorder.stop(*recording)
+                assert self.database.watchers.recorder is not None
+                self.database.watchers.recorder.stop(*recording)
+
+
+async def _pass(gate: CapacityGate, observers: list[Callable[[float, bool], object]]) -> None:
+    """Take a permit from the pool gate, telling the observers (metrics) how long it took."""
+    if not observers:
+        if not await gate.acquire(gate.timeout):
+            raise PoolTimeoutError(gate.timeout_message)
+        return
+    started = time.perf_counter()
+    acquired = await gate.acquire(gate.timeout)
+    waited = time.perf_counter() - started
+    for observer in observers:
+        observer(waited, acquired)
+    if not acquired:
+        raise PoolTimeoutError(gate.timeout_message)
 
 
 def _asked_by(route: object, dependency: object) -> str:
