@@ -196,6 +196,17 @@ def _request_session_3(module: ModuleType, backend: Backend) -> None:
     assert count(backend, "orders", "WHERE item = 'chair'") == 1
 
 
+@check("docs_src/request_session/tutorial004.py")
+def _request_session_4(module: ModuleType, backend: Backend) -> None:
+    with TestClient(module.app, follow_redirects=False) as client:
+        assert client.post("/signups/check", params={"email": "ada@example.org"}).status_code == 200
+        assert client.post("/signups/check", params={"email": "nope"}).status_code == 422
+        assert count(backend, "signups") == 1  # the returned 422 rolled back
+        redirect = client.post("/signups", params={"email": "bob@example.org"})
+        assert (redirect.status_code, redirect.headers["location"]) == (303, "/welcome")
+        assert count(backend, "signups") == 2  # the route's own rule commits the 303
+
+
 @check("docs_src/getting_started/tutorial002.py", env={"DATABASE_POOL_SIZE": "7"})
 def _getting_started_2(module: ModuleType, backend: Backend) -> None:
     assert module.db.engine.pool.size() == 7  # read from DATABASE_POOL_SIZE
@@ -331,6 +342,23 @@ def _configuration_3(module: ModuleType, backend: Backend) -> None:
     with TestClient(module.app):
         assert module.EVENTS == ["started, database answers 1"]
     assert module.EVENTS[-1] == "stopped, engines disposed"
+
+
+@check("docs_src/configuration/tutorial004.py")
+def _configuration_4(module: ModuleType, backend: Backend) -> None:
+    pool = module.engine.pool
+    with TestClient(module.app) as client:
+        assert client.post("/jobs", params={"name": "nightly"}).status_code == 201
+    assert count(backend, "jobs") == 1
+    assert module.engine.pool is pool  # the shutdown left the app's engine alone...
+    assert module.count_jobs() == 1  # ...and the CLI code keeps using it
+    assert pool.checkedout() == 0
+
+
+@check("docs_src/migrating/startup_events.py")
+def _migrating_startup_events(module: ModuleType, backend: Backend) -> None:
+    with TestClient(module.app):  # no DBSessionWarning (an error under our filterwarnings)
+        assert count(backend, "startup_flags") == 0  # the table exists: the startup code ran
 
 
 # -- pitfalls -----------------------------------------------------------------------------
@@ -529,6 +557,7 @@ def test_every_documented_file_is_run() -> None:
     run_elsewhere = {  # run by tests/test_examples.py, or as a pytest session above
         "CHANGELOG.md",
         "examples/quickstart/app.py",
+        "examples/production/app.py",
         "examples/testing/app.py",
         "examples/testing/conftest.py",
         "examples/testing/pytest.ini",

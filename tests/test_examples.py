@@ -63,3 +63,21 @@ def test_service_layer(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Non
     assert accounts == {"ada": 70, "bob": 30}  # the refused transfer left nothing behind
     assert len(audit) == 2  # ...but its audit entry (REQUIRES_NEW) survived
     assert example.OUTBOX == ["to ada: you sent 30 to bob"]  # only the committed transfer
+
+
+def test_production(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = backend.url.render_as_string(hide_password=False)
+    example = load_example(EXAMPLES / "production" / "app.py", monkeypatch, url)
+
+    with TestClient(example.app) as client:
+        ready = client.get("/health/ready")
+        live = client.get("/health/live")
+        answer = client.get("/answer")
+        pool = client.get("/internal/pool").json()
+
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ok"
+    assert live.json() == {"status": "ok"}
+    assert answer.json() == 42
+    assert pool["sync"]["checked_out"] == 0  # the answer's connection is back in the pool
+    assert pool["sync"]["waiting"] == 0

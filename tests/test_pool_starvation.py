@@ -10,34 +10,19 @@ capacity on the event loop instead, so every request gets through.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-try:
-    import httpx2 as httpx
-except ImportError:  # older Starlette pairs with httpx
-    import httpx  # type: ignore[no-redef]
-
 from sqlalchemy import create_engine, insert
 from sqlalchemy.pool import NullPool
 
+from tests._uvicorn import httpx, serve
 from tests.conftest import SERVERS, Backend
 from tests.models import Item
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -46,42 +31,12 @@ def server(backend: Backend) -> Iterator[str]:
     with engine.begin() as connection:
         connection.execute(insert(Item), [{"name": f"item-{n}"} for n in range(5)])
     engine.dispose()
-    port = _free_port()
     env = {
-        **os.environ,
         "FDBS_URL": backend.url.render_as_string(hide_password=False),
         "FDBS_ASYNC_URL": backend.async_url.render_as_string(hide_password=False),
     }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "tests.starvation_app:app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.1)
+    with serve("tests.starvation_app:app", env, ready_path="/health") as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 async def _load(url: str, count: int) -> list[int | str]:

@@ -1,7 +1,10 @@
 """SQLAlchemy sessions for FastAPI that commit before the response and always close."""
 
 import logging
+from typing import TYPE_CHECKING
 
+from ._pressure import PoolStatus
+from ._probes import PingResult
 from .decorators import CURRENT_SESSION, transactional
 from .errors import (
     CommitOutcomeUnknownError,
@@ -23,6 +26,9 @@ from .manager import DatabaseSessionManager
 from .middleware import ServerTimingMiddleware
 from .propagation import CommitPolicy, Propagation
 
+if TYPE_CHECKING:  # imported on first use below: it needs the [settings] extra
+    from .settings import DatabaseSettings
+
 __all__ = [
     "CURRENT_SESSION",
     "CommitOutcomeUnknownError",
@@ -33,10 +39,13 @@ __all__ = [
     "DBSessionError",
     "DBSessionWarning",
     "DatabaseSessionManager",
+    "DatabaseSettings",
     "DatabaseUnavailableError",
     "MissingDriverError",
     "NoActiveSessionError",
     "NoActiveTransactionError",
+    "PingResult",
+    "PoolStatus",
     "PoolTimeoutError",
     "Propagation",
     "ServerTimingMiddleware",
@@ -47,5 +56,15 @@ __all__ = [
 ]
 
 __version__ = "0.1.0.dev0"
+
+
+def __getattr__(name: str) -> object:
+    """Import ``DatabaseSettings`` on first use: only it needs pydantic-settings."""
+    if name == "DatabaseSettings":
+        from .settings import DatabaseSettings
+
+        return DatabaseSettings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 logging.getLogger("fastapi_dbsession").addHandler(logging.NullHandler())

@@ -43,11 +43,6 @@ class CapacityGate:
         self._lock = threading.Lock()
         self._waiters: deque[_Waiter] = deque()
 
-    @property
-    def waiting(self) -> int:
-        """How many requests are waiting for a permit right now."""
-        return len(self._waiters)
-
     async def acquire(self, within: float) -> bool:
         """Take a permit, waiting up to ``within`` seconds; return False on timeout."""
         with self._lock:
@@ -79,6 +74,16 @@ class CapacityGate:
             waiter.future.get_loop().call_soon_threadsafe(_wake, waiter.future)
         except RuntimeError:  # that waiter's loop is closed: give the permit to the next one
             self.release()
+
+    @property
+    def waiting(self) -> int:
+        """How many requests are waiting for a permit right now."""
+        return len(self._waiters)
+
+    @property
+    def in_use(self) -> int:
+        """How many permits are held right now."""
+        return self.capacity - self._free
 
     def _withdraw(self, waiter: _Waiter) -> bool:
         """Take ``waiter`` off the queue; False if a permit was already granted to it."""

@@ -9,20 +9,20 @@ the commit policy are validated. Nothing here creates an engine or does I/O.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session
 
 from . import _drivers, _engines, _urls
 from ._recording import Observability
 from .errors import ConfigurationError
-from .propagation import CommitPolicy, check_policy
+from .propagation import CommitPolicy, check_policy, check_statuses
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,20 @@ class Config:
     session_class: type[Session]
     async_session_class: type[AsyncSession] | None
     commit_policy: CommitPolicy
+    engine: Engine | None = None
+    """An engine the user built: used as it is, and disposed only if asked."""
+    async_engine: AsyncEngine | None = None
+    """The same for the async side."""
+    dispose_engines: bool = False
+    """Whether the lifespan's shutdown disposes the given engines too."""
+    commit_statuses: Container[int] | None = None
+    """The response statuses whose request transaction commits (None: every status < 400)."""
+    startup_retries: int = 3
+    """Retries of the lifespan's startup check (exponential backoff from 0.5 s, capped at 5 s)."""
+    startup_timeout: float = 5.0
+    """Deadline of each startup attempt, in seconds."""
+    pool_saturation_warning: float | None = 0.9
+    """Warn when this fraction of the pool is checked out (None: off)."""
     pgbouncer: bool = False
     """Keep every PostgreSQL driver off server-side prepared statements (PgBouncer)."""
     unshared_connect_args: tuple[str, ...] = ()
@@ -52,7 +66,39 @@ class Config:
 
     def with_urls(self, url: URL | None, async_url: URL | None) -> Config:
         """The same configuration on other databases (the testing helpers' test database)."""
-        return dataclasses.replace(self, url=url, async_url=async_url)
+        return dataclasses.replace(
+            self,
+            url=url,
+            async_url=async_url,
+            engine=None,
+            async_engine=None,
+        )
+
+    def with_engines(self, engine: Engine | None, async_engine: AsyncEngine | None) -> Config:
+        """The same configuration on engines a test suite built (``testing.use_engine``).
+
+        Raises:
+            ConfigurationError: Neither engine given, or one of the wrong type.
+        """
+        if not _check_engines(engine, async_engine, False):
+            raise ConfigurationError(
+                "use_engine() needs an engine: use_engine(db, engine) or "
+                "use_engine(db, async_engine=async_engine)."
+            )
+        return dataclasses.replace(
+            self,
+            url=None if engine is None else engine.url,
+            async_url=None if async_engine is None else async_engine.url,
+            url_given=engine is not None,
+            async_url_given=async_engine is not None,
+            engine=engine,
+            async_engine=async_engine,
+            dispose_engines=False,  # the test's engines: the app's shutdown leaves them alone
+        )
+
+    def is_given(self, engine: object) -> bool:
+        """Whether ``engine`` is one the user handed over (not ours to dispose unasked)."""
+        return engine is not None and (engine is self.engine or engine is self.async_engine)
 
     def describe(self) -> str:
         """``url=..., async_url=...`` with passwords masked, for ``repr()`` and messages."""
@@ -74,6 +120,13 @@ def build_config(
     session_class: type[Session],
     async_session_class: type[AsyncSession] | None,
     commit_policy: CommitPolicy,
+    engine: Engine | None = None,
+    async_engine: AsyncEngine | None = None,
+    dispose_engines: bool = False,
+    commit_statuses: Container[int] | None = None,
+    startup_retries: int = 3,
+    startup_timeout: float = 5.0,
+    pool_saturation_warning: float | None = 0.9,
     pgbouncer: bool = False,
     name: str | None = None,
     record_queries: bool = False,
@@ -84,13 +137,31 @@ def build_config(
     """Check the constructor's arguments and return the frozen configuration.
 
     Raises:
-        ConfigurationError: No URL, a malformed URL, options of the wrong type, a session
-            class that is not a ``Session``, an unknown commit policy, ``pgbouncer=True`` on
-            another database than PostgreSQL.
+        ConfigurationError: No URL or engine, a malformed URL, options of the wrong type, a
+            session class that is not a ``Session``, an unknown commit policy, an engine
+            together with a URL or options for the same side, ``pgbouncer=True`` on another
+            database than PostgreSQL.
     """
-    sync_url, given_async = _pair_urls(url, async_url)
-    final_url = sync_url if sync_url is not None else _derive(given_async, _urls.sync_twin)
-    final_async = given_async if given_async is not None else _derive(sync_url, _urls.async_twin)
+    given = _check_engines(engine, async_engine, dispose_engines)
+    sync_url, given_async = _pair_urls(url, async_url, required=not given)
+    if given:
+        _check_sides(
+            engine=engine,
+            async_engine=async_engine,
+            sync_url=sync_url,
+            async_url=given_async,
+            engine_options=engine_options,
+            async_engine_options=async_engine_options,
+        )
+    if engine is not None:
+        sync_url = engine.url
+    if async_engine is not None:
+        given_async = async_engine.url
+    # no twin is derived from an engine the user built: its URL may not say how to connect
+    final_url = sync_url if sync_url is not None or given else _derive(given_async, _urls.sync_twin)
+    final_async = (
+        given_async if given_async is not None or given else _derive(sync_url, _urls.async_twin)
+    )
     if not isinstance(pgbouncer, bool):
         raise ConfigurationError(f"pgbouncer must be True or False, not {pgbouncer!r}.")
     if pgbouncer:
@@ -102,7 +173,7 @@ def build_config(
         raise ConfigurationError(
             f"session_class must be a subclass of sqlalchemy.orm.Session, not {session_class!r}."
         )
-    return Config(
+    config = Config(
         url=final_url,
         async_url=final_async,
         url_given=sync_url is not None,
@@ -122,6 +193,11 @@ def build_config(
         session_class=session_class,
         async_session_class=async_session_class,
         commit_policy=check_policy(commit_policy, argument="commit_policy"),
+        engine=engine,
+        async_engine=async_engine,
+        dispose_engines=dispose_engines,
+        commit_statuses=check_statuses(commit_statuses, argument="commit_statuses"),
+        **_operations(startup_retries, startup_timeout, pool_saturation_warning),
         name=_name(name, sync_url or given_async),
         observability=_observability(
             record_queries, slow_query_threshold, log_query_parameters, hold_warning_threshold
@@ -129,6 +205,84 @@ def build_config(
         pgbouncer=pgbouncer,
         unshared_connect_args=unshared if async_engine_options is None else (),
     )
+    for side_url, options in (
+        (config.url, config.engine_options),
+        (config.async_url, config.async_engine_options),
+    ):
+        if side_url is not None:
+            _engines.sqlite_pragmas(side_url, options)  # refuse a bad pragma now, not later
+    return config
+
+
+def _check_engines(engine: object, async_engine: object, dispose_engines: object) -> bool:
+    """Check the engines' types; return whether any was given."""
+    if engine is not None and not isinstance(engine, Engine):
+        hint = (
+            " That is an asyncio engine: pass it as async_engine=."
+            if isinstance(getattr(engine, "sync_engine", None), Engine)
+            else ""
+        )
+        raise ConfigurationError(
+            f"engine must be a sqlalchemy Engine (from create_engine()), not "
+            f"{type(engine).__name__}.{hint}"
+        )
+    is_async_engine = isinstance(getattr(async_engine, "sync_engine", None), Engine)
+    if async_engine is not None and not is_async_engine:
+        hint = ""
+        if isinstance(async_engine, Engine):
+            hint = " That is a sync engine: pass it as engine=."
+        raise ConfigurationError(
+            "async_engine must be a sqlalchemy AsyncEngine (from create_async_engine()), not "
+            f"{type(async_engine).__name__}.{hint}"
+        )
+    given = engine is not None or async_engine is not None
+    if not isinstance(dispose_engines, bool):
+        raise ConfigurationError(f"dispose_engines must be True or False, not {dispose_engines!r}.")
+    if dispose_engines and not given:
+        raise ConfigurationError(
+            "dispose_engines=True only applies to engines you pass (engine= / async_engine=); "
+            "the engines the manager builds from URLs are always disposed at shutdown."
+        )
+    return given
+
+
+def _check_sides(
+    *,
+    engine: Engine | None,
+    async_engine: AsyncEngine | None,
+    sync_url: URL | None,
+    async_url: URL | None,
+    engine_options: Mapping[str, Any] | None,
+    async_engine_options: Mapping[str, Any] | None,
+) -> None:
+    """Refuse a URL or engine options for a side whose engine was handed over."""
+    for side, given, url, options, names in (
+        ("sync", engine, sync_url, engine_options, ("engine", "url", "engine_options")),
+        (
+            "async",
+            async_engine,
+            async_url,
+            async_engine_options,
+            ("async_engine", "async_url", "async_engine_options"),
+        ),
+    ):
+        if given is None:
+            continue
+        if url is not None:
+            raise ConfigurationError(
+                f"{names[0]}= and {names[1]}= both name the {side} database: pass one of them "
+                f"(the engine is used as it is; its URL is {_urls.render(given.url)!r})."
+            )
+        if options is not None:
+            raise ConfigurationError(
+                f"{names[2]} cannot apply to an engine you built ({names[0]}=): the manager uses "
+                "it as it is. Pass those options to create_engine() yourself"
+                + (
+                    ", or use async_engine_options for an async side built from async_url."
+                    if side == "sync"
+                    else "."
+                )
+            )
 
 
 def _name(name: str | None, url: URL | None) -> str:
@@ -193,7 +347,43 @@ def _async_side(
     return {k: v for k, v in options.items() if k != "connect_args"}, tuple(connect_args)
 
 
-def _pair_urls(url: str | URL | None, async_url: str | URL | None) -> tuple[URL | None, URL | None]:
+def _operations(
+    startup_retries: object, startup_timeout: object, pool_saturation_warning: object
+) -> dict[str, Any]:
+    """Check the operations arguments (startup check, saturation warning)."""
+    if isinstance(startup_retries, bool) or not isinstance(startup_retries, int):
+        raise ConfigurationError(f"startup_retries must be an int >= 0, not {startup_retries!r}.")
+    if startup_retries < 0:
+        raise ConfigurationError(f"startup_retries must be >= 0, not {startup_retries}.")
+    if (
+        isinstance(startup_timeout, bool)
+        or not isinstance(startup_timeout, int | float)
+        or startup_timeout <= 0
+    ):
+        raise ConfigurationError(
+            f"startup_timeout must be a number of seconds > 0, not {startup_timeout!r}."
+        )
+    if pool_saturation_warning is not None and (
+        isinstance(pool_saturation_warning, bool)
+        or not isinstance(pool_saturation_warning, int | float)
+        or not 0 < pool_saturation_warning <= 1
+    ):
+        raise ConfigurationError(
+            "pool_saturation_warning must be a fraction of the pool in (0, 1], e.g. 0.9, or "
+            f"None to turn the warning off; got {pool_saturation_warning!r}."
+        )
+    return {
+        "startup_retries": startup_retries,
+        "startup_timeout": float(startup_timeout),
+        "pool_saturation_warning": (
+            None if pool_saturation_warning is None else float(pool_saturation_warning)
+        ),
+    }
+
+
+def _pair_urls(
+    url: str | URL | None, async_url: str | URL | None, *, required: bool = True
+) -> tuple[URL | None, URL | None]:
     """Parse both URLs; an asyncio URL given as ``url`` is taken as ``async_url``."""
     sync_url = None if url is None else _urls.parse(url, argument="url")
     given_async = None if async_url is None else _urls.parse(async_url, argument="async_url")
@@ -205,11 +395,12 @@ def _pair_urls(url: str | URL | None, async_url: str | URL | None) -> tuple[URL 
                 "asyncio one as async_url."
             )
         sync_url, given_async = None, sync_url
-    if sync_url is None and given_async is None:
+    if required and sync_url is None and given_async is None:
         raise ConfigurationError(
-            "DatabaseSessionManager needs a database URL: "
+            "DatabaseSessionManager needs a database URL or engine: "
             'DatabaseSessionManager("sqlite:///./app.db"), '
-            'DatabaseSessionManager(async_url="postgresql+asyncpg://app@db/app"), or '
+            'DatabaseSessionManager(async_url="postgresql+asyncpg://app@db/app"), '
+            "DatabaseSessionManager(engine=my_engine), or "
             "DatabaseSessionManager.from_env() with DATABASE_URL set."
         )
     return sync_url, given_async

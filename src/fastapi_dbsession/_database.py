@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio.to_thread
 import sqlalchemy
-from sqlalchemy import text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import _compat, _engines, _urls
+from . import _compat, _engines, _pressure, _urls
 from ._capacity import CapacityGate
 from ._config import Config
+from ._pressure import PoolStatus
 from ._sessions import guarded_async_session_class, guarded_session_class
 from ._watchers import Watchers
-from .errors import ConfigurationError, DatabaseUnavailableError
+from .errors import ConfigurationError, PoolTimeoutError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -103,6 +103,8 @@ class Database:
         return value
 
     def _create_engine(self) -> Engine:
+        if self._config.engine is not None:
+            return self._config.engine  # the user's, used as it is
         url = self._require(self._config.url, side="sync")
         engine = _engines.create(
             sqlalchemy.create_engine,  # looked up now: instrumentation may have wrapped it
@@ -111,10 +113,12 @@ class Database:
             side="sync",
             pgbouncer=self._config.pgbouncer,
         )
-        self.watchers.engine_created(engine)
+        self._engine_created(engine, side="sync")
         return engine
 
     def _create_async_engine(self) -> AsyncEngine:
+        if self._config.async_engine is not None:
+            return self._config.async_engine
         url = self._require(self._config.async_url, side="async")
         create_async_engine = _compat.require_asyncio().create_async_engine
         options = self._config.async_engine_options
@@ -133,38 +137,48 @@ class Database:
             side="async",
             pgbouncer=self._config.pgbouncer,
         )
-        self.watchers.engine_created(engine.sync_engine)
+        self._engine_created(engine.sync_engine, side="async")
         return engine
+
+    def _engine_created(self, engine: Engine, *, side: str) -> None:
+        """Install what watches a new engine (the sync one, or an async engine's sync one)."""
+        self.watchers.engine_created(engine)
+        threshold = self._config.pool_saturation_warning
+        if threshold is not None:
+            _pressure.install_saturation_warning(engine, threshold, side=side)
 
     def add_engine_hook(self, hook: Callable[[Engine], object]) -> None:
         """Call ``hook`` with every engine from now on (re-created ones too), and those alive."""
         with self._lock:
             self.watchers.engine_hooks.append(hook)
-            alive = self.live_engines()
-        for _, engine in alive:
-            hook(engine)
+            alive = [self._engine, self._async_engine and self._async_engine.sync_engine]
+        for engine in alive:
+            if engine is not None:
+                hook(engine)  # type: ignore[arg-type]
 
-    def live_engines(self) -> list[tuple[str, Engine]]:
-        """``("sync", engine)`` / ``("async", its sync engine)`` for the engines created so far."""
-        alive: list[tuple[str, Engine]] = []
+    def pool_status(self) -> dict[str, PoolStatus]:
+        """A snapshot of each created engine's pool, by side (no engine is created for it)."""
+        statuses: dict[str, PoolStatus] = {}
         if self._engine is not None:
-            alive.append(("sync", self._engine))
+            gate = self._gate if self._gate_built else None
+            statuses["sync"] = _pressure.pool_status(self._engine.pool, side="sync", gate=gate)
         if self._async_engine is not None:
-            alive.append(("async", self._async_engine.sync_engine))
-        return alive
+            pool = self._async_engine.sync_engine.pool
+            statuses["async"] = _pressure.pool_status(pool, side="async", gate=None)
+        return statuses
 
     def _require(self, url: URL | None, *, side: str) -> URL:
         if url is not None:
             return url
         if side == "sync":
             raise ConfigurationError(
-                f"{self!r} has no sync URL and none can be derived from its async URL. Pass "
-                "url= (e.g. postgresql+psycopg://...) or use db.async_session / "
+                f"{self!r} has no sync URL and none can be derived from its async side. Pass "
+                "url= (e.g. postgresql+psycopg://...) or engine=, or use db.async_session / "
                 "db.async_transaction()."
             )
         raise ConfigurationError(
-            f"{self!r} has no async URL and none can be derived from its sync URL. Pass "
-            "async_url= (e.g. postgresql+asyncpg://...) or use the sync API "
+            f"{self!r} has no async URL and none can be derived from its sync side. Pass "
+            "async_url= (e.g. postgresql+asyncpg://...) or async_engine=, or use the sync API "
             "(db.session / db.transaction())."
         )
 
@@ -188,22 +202,26 @@ class Database:
             timeout = _compat.pool_timeout(engine.pool)
             gate = None
             if capacity is not None:
-                gate = CapacityGate(
-                    capacity,
-                    timeout,
-                    f"No database connection became free within {timeout:g}s: all {capacity} "
-                    f"connections of the pool for {_urls.render(engine.url)} are held by "
-                    "other requests. Raise pool_size / max_overflow in engine_options, lower the "
-                    "number of concurrent requests, or look for requests that hold their "
-                    "session for long (slow queries, calls to other services).",
-                )
+                gate = CapacityGate(capacity, timeout, self._pool_timeout_message(engine))
             self._gate, self._gate_built = gate, True
         return self._gate
 
-    def gate_waiting(self) -> int:
-        """Requests waiting at the capacity gate now (0 before the gate exists)."""
-        gate = self._gate
-        return 0 if gate is None else gate.waiting
+    def pool_timeout_error(self, *, is_async: bool) -> PoolTimeoutError:
+        """Our error for a pool checkout that timed out on one side (SQLAlchemy's TimeoutError)."""
+        engine = self.async_engine.sync_engine if is_async else self.engine
+        return PoolTimeoutError(self._pool_timeout_message(engine))
+
+    @staticmethod
+    def _pool_timeout_message(engine: Engine) -> str:
+        capacity = _compat.pool_capacity(engine.pool)
+        held = "all" if capacity is None else f"all {capacity}"
+        return (
+            f"No database connection became free within {_compat.pool_timeout(engine.pool):g}s: "
+            f"{held} connections of the pool for {_urls.render(engine.url)} are held by "
+            "other requests. Raise pool_size / max_overflow in engine_options, lower the "
+            "number of concurrent requests, or look for requests that hold their session for "
+            "long (slow queries, calls to other services)."
+        )
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -286,19 +304,19 @@ class Database:
 
     # -- lifetime ------------------------------------------------------------------------
 
-    def dispose(self) -> None:
-        """Close every pooled connection of the sync engine (it is recreated on next use)."""
+    def dispose(self, *, given_too: bool = True) -> None:
+        """Close the sync engine's pooled connections (``given_too``: a user's engine too)."""
         with self._lock:
             engine, self._engine, self._sync_factory = self._engine, None, None
             self._gate, self._gate_built = None, False
-        if engine is not None:
+        if engine is not None and (given_too or not self._config.is_given(engine)):
             engine.dispose()
             logger.info("disposed sync engine for %s", _urls.render(engine.url))
 
-    async def async_dispose(self) -> None:
+    async def async_dispose(self, *, given_too: bool = True) -> None:
         """Close every pooled connection of the async engine (it is recreated on next use)."""
         engine = self._take_async_engine()
-        if engine is not None:
+        if engine is not None and (given_too or not self._config.is_given(engine)):
             await engine.dispose()
             logger.info("disposed async engine for %s", _urls.render(engine.url))
 
@@ -309,54 +327,24 @@ class Database:
 
     def repoint(self, url: URL | None, async_url: URL | None) -> None:
         """Point at other databases (a test database), disposing the engines it replaces."""
-        self.dispose()
+        self.reconfigure(self._config.with_urls(url, async_url))
+
+    def reconfigure(self, config: Config) -> None:
+        """Use ``config`` from now on (other URLs or engines); dispose the engines we built."""
+        self.dispose(given_too=False)
         engine = self._take_async_engine()
-        if engine is not None:
+        if engine is not None and not self._config.is_given(engine):
             _dispose_outside_loop(engine)
-        self._config = self._config.with_urls(url, async_url)
-
-    def check(self) -> None:
-        """Connect and run ``SELECT 1`` on the sync side.
-
-        Raises:
-            DatabaseUnavailableError: The database cannot be reached.
-        """
-        engine = self.engine
-        try:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except DatabaseUnavailableError:
-            raise
-        except Exception as exc:
-            raise _unavailable(engine.url, exc) from exc
-
-    async def async_check(self) -> None:
-        """Async twin of :meth:`check`."""
-        engine = self.async_engine
-        try:
-            async with engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-        except DatabaseUnavailableError:
-            raise
-        except Exception as exc:
-            raise _unavailable(engine.url, exc) from exc
-
-    async def startup(self) -> None:
-        """Check the sides whose URL was given (a derived twin is created on first use)."""
-        if self._binding is not None:
-            return  # a test's outer transaction has proven the connection
-        if self._config.url_given:
-            await anyio.to_thread.run_sync(self.check)
-        if self._config.async_url_given:
-            await self.async_check()
+        self._config = config
 
     async def shutdown(self) -> None:
         """Dispose both engines; under a test's binding, only close this loop's connection."""
         if self._binding is not None:
             await self._binding.async_close_loop()  # the test owns the engines
             return
-        await self.async_dispose()
-        await anyio.to_thread.run_sync(self.dispose)
+        given_too = self._config.dispose_engines
+        await self.async_dispose(given_too=given_too)
+        await anyio.to_thread.run_sync(lambda: self.dispose(given_too=given_too))
 
 
 def _dispose_outside_loop(engine: AsyncEngine) -> None:
@@ -368,12 +356,3 @@ def _dispose_outside_loop(engine: AsyncEngine) -> None:
     else:  # cannot block this loop: drop the pool; its connections close as they are freed
         engine.sync_engine.dispose(close=False)
     logger.info("disposed async engine for %s", _urls.render(engine.url))
-
-
-def _unavailable(url: URL, exc: BaseException) -> DatabaseUnavailableError:
-    reason = _urls.mask_text(str(getattr(exc, "orig", None) or exc), url).strip().splitlines()
-    return DatabaseUnavailableError(
-        f"Cannot reach the database at {_urls.render(url)} at startup: "
-        f"{type(exc).__name__}: {reason[0] if reason else ''}. Check that the server is "
-        "running and that host, port, user, password and database name in the URL are right."
-    )

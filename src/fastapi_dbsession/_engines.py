@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 _E = TypeVar("_E")
 
+# SQLite engines whose BEGIN we took over (engines the user hands us are left as they are).
+_EXPLICIT_BEGIN: weakref.WeakSet[Engine] = weakref.WeakSet()
+
 # Options whose type we check ourselves: SQLAlchemy would accept a string here and fail much
 # later, far from the mistake.
 _OPTION_TYPES: dict[str, tuple[type, ...]] = {
@@ -33,7 +38,15 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "echo": (bool, str),
     "echo_pool": (bool, str),
     "connect_args": (Mapping,),
+    "sqlite_pragmas": (Mapping,),
+    "sqlite_explicit_begin": (bool,),
 }
+
+# Our own keys in engine_options (SQLite only), taken out before create_engine() sees them.
+_SQLITE_KEYS = ("sqlite_pragmas", "sqlite_explicit_begin")
+_DEFAULT_PRAGMAS: dict[str, object] = {"foreign_keys": "ON"}
+_PRAGMA_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_PRAGMA_VALUE = re.compile(r"-?[A-Za-z0-9_.]+\Z")
 
 
 def check_options(options: object, *, argument: str) -> dict[str, Any]:
@@ -79,8 +92,42 @@ def engine_options(
         elif is_async:  # SQLAlchemy < 2.0.38 defaulted aiosqlite to NullPool: be consistent
             options["poolclass"] = AsyncAdaptedQueuePool
     options.update(user_options)
+    for key in _SQLITE_KEYS:
+        options.pop(key, None)
     options["connect_args"] = {**connect_args, **dict(user_options.get("connect_args", {}))}
     return options
+
+
+def sqlite_pragmas(url: URL, user_options: Mapping[str, Any]) -> list[str]:
+    """The ``PRAGMA`` statements every new SQLite connection runs (default: foreign keys on).
+
+    ``engine_options={"sqlite_pragmas": {"foreign_keys": None}}`` drops one; other entries
+    add or replace (``{"journal_mode": "WAL", "busy_timeout": 5000}``).
+
+    Raises:
+        ConfigurationError: SQLite keys on another backend, or a malformed pragma.
+    """
+    given = [key for key in _SQLITE_KEYS if key in user_options]
+    if url.get_backend_name() != "sqlite":
+        if given:
+            raise ConfigurationError(
+                f"engine_options[{given[0]!r}] only applies to SQLite, not to "
+                f"{_urls.render(url)}. Remove it."
+            )
+        return []
+    pragmas = {**_DEFAULT_PRAGMAS, **dict(user_options.get("sqlite_pragmas", {}))}
+    statements = []
+    for name, value in pragmas.items():
+        if value is None:
+            continue
+        shown = ("ON" if value else "OFF") if isinstance(value, bool) else str(value)
+        if not (isinstance(name, str) and _PRAGMA_WORD.match(name) and _PRAGMA_VALUE.match(shown)):
+            raise ConfigurationError(
+                f"sqlite_pragmas[{name!r}] = {value!r} is not a pragma SQLite accepts here: "
+                'use a name and a plain value, e.g. {"journal_mode": "WAL", "foreign_keys": None}.'
+            )
+        statements.append(f"PRAGMA {name}={shown}")
+    return statements
 
 
 def create(
@@ -122,7 +169,11 @@ def create(
     sync_engine: Engine = getattr(engine, "sync_engine", engine)  # type: ignore[arg-type]
     _explain_connect_errors(sync_engine, url)
     if url.get_backend_name() == "sqlite":
-        _sqlite_transactions(sync_engine)
+        _sqlite_transactions(
+            sync_engine,
+            sqlite_pragmas(url, user_options),
+            explicit_begin=user_options.get("sqlite_explicit_begin", True),
+        )
     elif "pool_pre_ping" not in user_options:  # True: SQLAlchemy's ping; False: no check
         _liveness.install(sync_engine)
     logger.info("created %s engine for %s", side, shown)
@@ -187,22 +238,39 @@ def _reason(exc: BaseException, url: URL) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
-def _sqlite_transactions(engine: Engine) -> None:
-    """Make SQLite begin transactions when SQLAlchemy does, and enforce foreign keys.
+def lacks_explicit_begin(engine: Engine) -> bool:
+    """Whether ``engine`` is a SQLite engine on which pysqlite still delays BEGIN.
+
+    True for a SQLite engine the user built: a test's outer transaction on it must send
+    BEGIN itself, or the first SAVEPOINT's RELEASE would commit for real.
+    """
+    return engine.dialect.name == "sqlite" and engine not in _EXPLICIT_BEGIN
+
+
+def _sqlite_transactions(engine: Engine, pragmas: list[str], *, explicit_begin: bool) -> None:
+    """Make SQLite begin transactions when SQLAlchemy does, and run the pragmas.
 
     pysqlite (and aiosqlite on top of it) delays BEGIN until the first write, so reads before
     it run outside the transaction and SAVEPOINT does not work. Taking over BEGIN is the
-    workaround SQLAlchemy's SQLite documentation gives.
+    workaround SQLAlchemy's SQLite documentation gives (``sqlite_explicit_begin=False`` in the
+    engine options leaves pysqlite's own handling).
     """
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
-        dbapi_connection.isolation_level = None
+        if explicit_begin:
+            dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
+        for statement in pragmas:
+            cursor.execute(statement)
         cursor.close()
+
+    if not explicit_begin:
+        return
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
             connection.exec_driver_sql("BEGIN")
+
+    _EXPLICIT_BEGIN.add(engine)

@@ -69,7 +69,9 @@ class _PrometheusMetrics:
             ("database",),
             registry=registry,
         )
-        registry.register(_PoolCollector(client, self.databases))
+        self.engines: dict[tuple[str, str], Engine] = {}
+        """The latest engine of each (database, side): what the pool gauges read."""
+        registry.register(_PoolCollector(self.databases, self.engines))
 
     def add(self, database: Database) -> None:
         if database in self.databases:
@@ -90,6 +92,7 @@ class _PrometheusMetrics:
 
         def on_engine(engine: Engine) -> None:
             side = "async" if engine.dialect.is_async else "sync"
+            self.engines[name, side] = engine
             _time_statements(engine, self.query_seconds.labels(name, side).observe)
 
         database.add_engine_hook(on_engine)
@@ -98,9 +101,10 @@ class _PrometheusMetrics:
 class _PoolCollector:
     """Pool gauges, read at scrape time from the engines that exist."""
 
-    def __init__(self, client: Any, databases: list[Database]) -> None:
+    def __init__(self, databases: list[Database], engines: dict[tuple[str, str], Engine]) -> None:
         self.core = require_module("prometheus_client.core", extra="prometheus")
         self.databases = databases
+        self.engines = engines
 
     def describe(self) -> list[Any]:
         return []  # families depend on live engines: let the registry call collect()
@@ -127,20 +131,21 @@ class _PoolCollector:
             "Requests waiting at the pool gate for a connection right now.",
             labels=("database",),
         )
+        for (name, side), engine in list(self.engines.items()):
+            pool: Any = engine.pool
+            for metric, values, read in (
+                (size, (name, side), "size"),
+                (overflow, (name, side), "overflow"),
+                (connections, (name, side, "checked_out"), "checkedout"),
+                (connections, (name, side, "idle"), "checkedin"),
+            ):
+                reader = getattr(pool, read, None)
+                if reader is not None:
+                    metric.add_metric(values, max(0, int(reader())))
         for database in list(self.databases):
-            name = database.config.name
-            for side, engine in database.live_engines():
-                pool: Any = engine.pool
-                for metric, values, read in (
-                    (size, (name, side), "size"),
-                    (overflow, (name, side), "overflow"),
-                    (connections, (name, side, "checked_out"), "checkedout"),
-                    (connections, (name, side, "idle"), "checkedin"),
-                ):
-                    reader = getattr(pool, read, None)
-                    if reader is not None:
-                        metric.add_metric(values, max(0, int(reader())))
-            waiting.add_metric((name,), database.gate_waiting())
+            sync = database.pool_status().get("sync")
+            count = 0 if sync is None or sync.waiting is None else sync.waiting
+            waiting.add_metric((database.config.name,), count)
         yield from (size, connections, overflow, waiting)
 
 

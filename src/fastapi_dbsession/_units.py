@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
+import sqlalchemy.exc
 from anyio import from_thread
 from sqlalchemy import text
 from sqlalchemy.util import await_only, greenlet_spawn
@@ -176,6 +177,8 @@ def unit_flow(
             yield Body(frame.session)
         except BaseException as error:
             yield from _exit(action, frame, error, options)
+            if database is not None and isinstance(error, sqlalchemy.exc.TimeoutError):
+                raise database.pool_timeout_error(is_async=is_async) from error
             raise
         yield from _exit(action, frame, None, options)
     finally:

@@ -51,6 +51,7 @@ _INSTALL_HINT: dict[str, str] = {
     "asyncmy": "pip install asyncmy",
     "aiosqlite": 'pip install "fastapi-dbsession[sqlite]"',
     "greenlet": 'pip install "fastapi-dbsession[asyncio]"',
+    "pydantic_settings": 'pip install "fastapi-dbsession[settings]"',
 }
 
 

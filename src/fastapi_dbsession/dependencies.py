@@ -10,15 +10,16 @@ client a 2xx.)
 # No "from __future__ import annotations" here: FastAPI reads these signatures at runtime.
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from contextlib import AsyncExitStack
 from contextvars import Token
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 import fastapi.routing
+import sqlalchemy.exc
 from anyio import CancelScope
-from fastapi import Depends, Response
+from fastapi import Depends, HTTPException, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
@@ -39,6 +40,43 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SCOPE_KEY = "fastapi_dbsession.commit_policy"
+
+RETRY_AFTER_SECONDS = 1
+"""The ``Retry-After`` of a request that found no free connection: the overload is short-lived."""
+
+
+class PoolTimeoutResponse(PoolTimeoutError, HTTPException):
+    """A :class:`PoolTimeoutError` that FastAPI answers with 503 and ``Retry-After``.
+
+    Raised to the app instead of the plain error when a *request* found no free connection:
+    FastAPI's ``HTTPException`` handler turns it into ``503 Service Unavailable``, unless the
+    app registers its own handler for ``PoolTimeoutError`` or ``DBSessionError``, which wins
+    (Starlette looks handlers up along the class's MRO, ours first). The body never names the
+    database; the message (for logs) does, with the password masked.
+    """
+
+    def __init__(self, message: str) -> None:
+        PoolTimeoutError.__init__(self, message)
+        HTTPException.__init__(
+            self,
+            status_code=503,
+            detail="The database is busy: no connection became free in time. Retry later.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _as_response(database: Database, error: BaseException, *, is_async: bool) -> BaseException:
+    """``error`` itself, or the 503 form of it when no connection became free in time."""
+    if isinstance(error, PoolTimeoutResponse):
+        return error
+    if isinstance(error, PoolTimeoutError):
+        return PoolTimeoutResponse(str(error))
+    if isinstance(error, sqlalchemy.exc.TimeoutError):  # the pool's own checkout timeout
+        return PoolTimeoutResponse(str(database.pool_timeout_error(is_async=is_async)))
+    return error
 
 
 def _function_stack_key() -> str | None:
@@ -66,23 +104,38 @@ def _function_stack_key() -> str | None:
 FUNCTION_STACK_KEY = _function_stack_key()
 
 
+_RouteRule = tuple[CommitPolicy, Container[int] | None]
+
+
 def commit_policy_dependency(
-    database: Database, policy: CommitPolicy
+    database: Database, policy: CommitPolicy, statuses: Container[int] | None = None
 ) -> Callable[[HTTPConnection], Awaitable[None]]:
-    """Build the route dependency that overrides ``database``'s commit policy for one route."""
+    """Build the route dependency that overrides ``database``'s commit rule for one route.
+
+    ``statuses`` None keeps the manager's ``commit_statuses``.
+    """
 
     async def commit_policy(connection: HTTPConnection) -> None:
-        connection.scope.setdefault(_SCOPE_KEY, {})[id(database)] = policy
+        rule = (policy, database.config.commit_statuses if statuses is None else statuses)
+        connection.scope.setdefault(_SCOPE_KEY, {})[id(database)] = rule
 
     return commit_policy
 
 
-def _route_policy(connection: HTTPConnection, database: Database) -> CommitPolicy:
-    default = database.config.commit_policy
-    chosen: dict[int, CommitPolicy] | None = connection.scope.get(_SCOPE_KEY)
-    if chosen is None:
-        return default
-    return chosen.get(id(database), default)
+def _route_rule(connection: HTTPConnection, database: Database) -> _RouteRule:
+    chosen: dict[int, _RouteRule] | None = connection.scope.get(_SCOPE_KEY)
+    rule = None if chosen is None else chosen.get(id(database))
+    if rule is None:
+        return database.config.commit_policy, database.config.commit_statuses
+    return rule
+
+
+def _status(connection: HTTPConnection, response: Response) -> int | None:
+    """The status set on the injected ``Response``, else the route's declared one."""
+    if response.status_code is not None:
+        return response.status_code
+    declared = getattr(connection.scope.get("route"), "status_code", None)
+    return declared if isinstance(declared, int) else None
 
 
 _Opened = tuple[
@@ -152,12 +205,16 @@ class _RequestUnit:
         response: Response,
         error: BaseException | None,
     ) -> None:
-        """Commit or roll back (by the route's policy and what happened), close, run hooks."""
+        """Commit or roll back (by the route's policy and what happened), close, run hooks.
+
+        Raises:
+            PoolTimeoutResponse: ``error`` was a pool checkout timeout: the client gets a 503.
+        """
         _, frame, token, gate, recording = opened
         try:
-            commit = error is None and should_commit(
-                _route_policy(connection, self.database), None, response.status_code
-            )
+            policy, statuses = _route_rule(connection, self.database)
+            status = _status(connection, response)
+            commit = error is None and should_commit(policy, None, status, statuses)
             await _finish(frame, commit, is_async=self.is_async)
             if error is None:
                 logger.debug("request session %s", "committed" if commit else "rolled back")
@@ -168,13 +225,17 @@ class _RequestUnit:
             if recording is not None:
                 assert self.database.watchers.recorder is not None
                 self.database.watchers.recorder.stop(*recording)
+        if error is not None:
+            replacement = _as_response(self.database, error, is_async=self.is_async)
+            if replacement is not error:
+                raise replacement from error
 
 
 async def _pass(gate: CapacityGate, observers: list[Callable[[float, bool], object]]) -> None:
     """Take a permit from the pool gate, telling the observers (metrics) how long it took."""
     if not observers:
         if not await gate.acquire(gate.timeout):
-            raise PoolTimeoutError(gate.timeout_message)
+            raise PoolTimeoutResponse(gate.timeout_message)
         return
     started = time.perf_counter()
     acquired = await gate.acquire(gate.timeout)
@@ -182,7 +243,7 @@ async def _pass(gate: CapacityGate, observers: list[Callable[[float, bool], obje
     for observer in observers:
         observer(waited, acquired)
     if not acquired:
-        raise PoolTimeoutError(gate.timeout_message)
+        raise PoolTimeoutResponse(gate.timeout_message)
 
 
 def _asked_by(route: object, dependency: object) -> str:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, overload
 
@@ -15,14 +16,19 @@ from . import _config, decorators, dependencies, transactions
 from ._database import Database
 from ._facets.context import ContextFacet
 from ._facets.observability import ObservabilityFacet
+from ._facets.operations import OperationsFacet
+from ._probes import Prober
 from .decorators import P, R, TransactionalDecorator
-from .propagation import CommitPolicy, Propagation, check_policy, make_options
+from .errors import DBSessionWarning
+from .propagation import CommitPolicy, Propagation, check_policy, check_statuses, make_options
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+    from .settings import DatabaseSettings
 
-class DatabaseSessionManager(ContextFacet, ObservabilityFacet):
+
+class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet):
     """Own the engines and sessions of one database for a FastAPI app.
 
     Build one per database at import time, hand ``db.lifespan`` to FastAPI, and ask for the
@@ -46,6 +52,13 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet):
         async_session_class: The async one, e.g. ``sqlmodel.ext.asyncio.session.AsyncSession``.
         commit_policy: What request sessions do when the endpoint succeeds: ``"commit"``
             (default), ``"manual"`` or ``"read_only"``; per route: ``db.commit_policy(...)``.
+        commit_statuses: Under ``"commit"``, the statuses of a returned response that commit,
+            e.g. ``range(200, 300)``; default: every status below 400. Raising always rolls back.
+        engine: An ``Engine`` you built (custom ``creator``, shared with Alembic or a CLI),
+            used as it is instead of ``url``: no options or listeners added.
+        async_engine: The same for the async side, instead of ``async_url``.
+        dispose_engines: Let the lifespan's shutdown dispose the given engines too (by
+            default they are yours: only ``db.dispose()`` disposes them).
         name: This database's name in log lines and metrics (default: the URL's database
             name, a SQLite file's stem, else ``"default"``).
         record_queries: Count and time each request's SQL statements and log one line per
@@ -57,12 +70,18 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet):
         hold_warning_threshold: Log a request or unit of work whose transaction held a
             connection this many seconds or more, with its route or the code that opened it
             (logger ``fastapi_dbsession.holds``); also report sessions garbage-collected open.
+        startup_retries: How often ``lifespan``'s startup check retries a database that does
+            not answer (backoff 0.5 s, doubling, capped at 5 s) before it raises.
+        startup_timeout: The deadline of each startup attempt, in seconds.
+        pool_saturation_warning: Log a WARNING (at most once a minute per pool) when this
+            fraction of the pool is checked out; None turns it off.
         pgbouncer: The database is reached through PgBouncer in transaction (or statement)
             pooling mode: every PostgreSQL driver is kept off server-side prepared statements
             (see docs/scaling.md).
 
     Raises:
-        ConfigurationError: No URL, a malformed URL, options of the wrong type.
+        ConfigurationError: No URL or engine, a malformed URL, options of the wrong type,
+            a URL or ``engine_options`` for a side whose engine was given.
 
     Example:
         >>> db = DatabaseSessionManager("sqlite:///./app.db")
@@ -83,15 +102,23 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet):
         session_class: type[Session] = Session,
         async_session_class: type[AsyncSession] | None = None,
         commit_policy: CommitPolicy = "commit",
+        commit_statuses: Container[int] | None = None,
+        engine: Engine | None = None,
+        async_engine: AsyncEngine | None = None,
+        dispose_engines: bool = False,
         name: str | None = None,
         record_queries: bool = False,
         slow_query_threshold: float | None = None,
         log_query_parameters: bool = False,
         hold_warning_threshold: float | None = None,
+        startup_retries: int = 3,
+        startup_timeout: float = 5.0,
+        pool_saturation_warning: float | None = 0.9,
         pgbouncer: bool = False,
     ) -> None:
         config = _config.build_config(**_arguments(locals()))
         self._database = Database(config)  # the one seam fastapi_dbsession.testing uses
+        self._prober = Prober(self._database)
         self._policy_dependencies: dict[str, Callable[[HTTPConnection], Awaitable[None]]] = {}
         self.session: Callable[..., Awaitable[Session]] = dependencies.session_dependency(
             self._database
@@ -122,6 +149,15 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet):
             >>> db = DatabaseSessionManager.from_env()
         """
         return cls(**_config.env_arguments(os.environ, prefix, overrides))
+
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings, **overrides: Any) -> DatabaseSessionManager:
+        """Build a manager from typed settings (extra ``[settings]``): see ``DatabaseSettings``.
+
+        Example:
+            >>> db = DatabaseSessionManager.from_settings(DatabaseSettings())
+        """
+        return cls(**{**settings.manager_arguments(), **overrides})
 
     def __repr__(self) -> str:
         return repr(self._database)
@@ -239,20 +275,28 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet):
         """
         return decorators.transactional_for(self._database, func, options)
 
-    def commit_policy(self, policy: CommitPolicy) -> Callable[[HTTPConnection], Awaitable[None]]:
-        """Return a route dependency that sets the commit policy of that route's session.
+    def commit_policy(
+        self, policy: CommitPolicy, *, statuses: Container[int] | None = None
+    ) -> Callable[[HTTPConnection], Awaitable[None]]:
+        """Return a route dependency that sets the commit rule of that route's session.
 
         Args:
             policy: ``"commit"``, ``"manual"`` or ``"read_only"``.
+            statuses: Under ``"commit"``, the statuses that commit on this route (default:
+                the manager's ``commit_statuses``), e.g. ``range(200, 400)``.
 
         Raises:
-            ConfigurationError: ``policy`` is not a commit policy.
+            ConfigurationError: ``policy`` is not a commit policy, or ``statuses`` no
+                collection of status codes.
 
         Example:
             >>> @app.post("/import", dependencies=[Depends(db.commit_policy("manual"))])
             ... def run_import(session: Session = Depends(db.session)) -> None: ...
         """
         checked = check_policy(policy, argument="commit_policy")
+        if statuses is not None:
+            checked_statuses = check_statuses(statuses, argument="statuses")
+            return dependencies.commit_policy_dependency(self._database, checked, checked_statuses)
         if checked not in self._policy_dependencies:
             self._policy_dependencies[checked] = dependencies.commit_policy_dependency(
                 self._database, checked
@@ -266,14 +310,38 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet):
         ``FastAPI(lifespan=db.lifespan)``, or ``async with db.lifespan(app):`` in your own.
         Only the URLs you gave are checked: a derived twin is created on first use.
 
+        The check retries ``startup_retries`` times with backoff, each attempt within
+        ``startup_timeout`` seconds.
+
         Raises:
-            DatabaseUnavailableError: A configured database cannot be reached.
+            DatabaseUnavailableError: A configured database cannot be reached; names host and
+                port (password masked).
         """
-        await self._database.startup()
+        _warn_ignored_events(app)
+        await self._prober.startup()
         try:
             yield
         finally:
             await self._database.shutdown()
+
+
+def _warn_ignored_events(app: object) -> None:
+    """Warn when the app has ``@app.on_event`` handlers: FastAPI skips them under a lifespan."""
+    router = getattr(app, "router", None)
+    handlers = [
+        f"{kind}: {getattr(handler, '__qualname__', handler)!s}"
+        for kind in ("startup", "shutdown")
+        for handler in getattr(router, f"on_{kind}", None) or ()
+    ]
+    if handlers:
+        warnings.warn(
+            f"This app has @app.on_event handlers ({', '.join(handlers)}) and a lifespan "
+            "(db.lifespan): FastAPI does not run on_event handlers when a lifespan is given, so "
+            "they are skipped. Move their code into a lifespan of your own that enters "
+            "db.lifespan(app) (docs/migrating.md, 'Startup events under a lifespan').",
+            DBSessionWarning,
+            stacklevel=2,
+        )
 
 
 def _arguments(arguments: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -141,15 +141,45 @@ def check_policy(policy: object, *, argument: str) -> CommitPolicy:
     )
 
 
-def should_commit(policy: CommitPolicy, error: BaseException | None, status: int | None) -> bool:
+def check_statuses(statuses: object, *, argument: str) -> Container[int] | None:
+    """Return ``statuses`` if it can say which status codes commit, else raise a clear error."""
+    if statuses is None:
+        return None
+    if isinstance(statuses, str | bytes) or not isinstance(statuses, Container):
+        raise ConfigurationError(
+            f"{argument}={statuses!r} is not a collection of status codes. Pass the statuses "
+            f"whose responses commit, e.g. {argument}=range(200, 400) (redirects commit too) "
+            f"or {argument}={{200, 201, 204}}."
+        )
+    if isinstance(statuses, Iterable):
+        wrong = [code for code in statuses if not (isinstance(code, int) and 100 <= code <= 599)]
+        if wrong:
+            raise ConfigurationError(
+                f"{argument} holds {wrong[0]!r}, which is not an HTTP status code (100-599)."
+            )
+    return statuses
+
+
+def should_commit(
+    policy: CommitPolicy,
+    error: BaseException | None,
+    status: int | None,
+    statuses: Container[int] | None = None,
+) -> bool:
     """Decide the fate of a request transaction; no I/O.
 
     Args:
         policy: The route's commit policy.
         error: What the endpoint or a dependency raised, if anything.
-        status: The status code set on the injected ``Response``, if any.
+        status: The status code set on the injected ``Response``, or the route's declared
+            one; None if neither is known (200 then).
+        statuses: The status codes that commit; None: every status below 400.
     """
-    return policy == "commit" and error is None and (status is None or status < 400)
+    if policy != "commit" or error is not None:
+        return False
+    if statuses is None:
+        return status is None or status < 400
+    return (200 if status is None else status) in statuses
 
 
 class Action(enum.Enum):

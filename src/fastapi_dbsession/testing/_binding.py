@@ -18,6 +18,8 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
+from fastapi_dbsession._engines import lacks_explicit_begin
+
 from ._seam import database_of
 
 if TYPE_CHECKING:
@@ -52,6 +54,8 @@ class TestBinding:
         if self._connection is None:
             self._connection = self._database.engine.connect()
             self._transaction = self._connection.begin()
+            if lacks_explicit_begin(self._database.engine):
+                self._connection.exec_driver_sql("BEGIN")  # else RELEASE SAVEPOINT commits
         return self._database.session_factory(
             bind=self._connection, join_transaction_mode="create_savepoint"
         )
@@ -63,6 +67,8 @@ class TestBinding:
         if entry is None:
             connection = await self._database.async_engine.connect()
             entry = (connection, await connection.begin())
+            if lacks_explicit_begin(self._database.async_engine.sync_engine):
+                await connection.exec_driver_sql("BEGIN")
             self._async[loop] = entry
             guard = self._close_at_loop_shutdown()
             await guard.__anext__()  # the loop now finalizes it in shutdown_asyncgens()

@@ -6,6 +6,7 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, text
@@ -19,7 +20,10 @@ from ._seam import database_of
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from fastapi_dbsession._config import Config
     from fastapi_dbsession.manager import DatabaseSessionManager
 
 
@@ -57,8 +61,8 @@ def create_test_database(
             target = base.set(database=path)
     elif backend in ("postgresql", "mysql", "mariadb"):
         target = base.set(database=f"{base.database or 'app'}_test_{suffix}")
-        _admin(base, f"DROP DATABASE IF EXISTS {target.database}")
-        _admin(base, f"CREATE DATABASE {target.database}")
+        _admin(base, "DROP DATABASE IF EXISTS {name}", target.database)
+        _admin(base, "CREATE DATABASE {name}", target.database)
     else:
         raise ConfigurationError(
             f"create_test_database() supports SQLite, PostgreSQL and MariaDB/MySQL, not "
@@ -76,14 +80,26 @@ def drop_test_database(url: str | URL) -> None:
         if not _urls.is_sqlite_memory(target) and target.database:
             Path(target.database).unlink(missing_ok=True)
         return
-    server = target.set(database="postgres" if backend == "postgresql" else None)
+    server = (  # URL.set(database=None) would keep the name: build the server URL anew
+        target.set(database="postgres")
+        if backend == "postgresql"
+        else URL.create(
+            target.drivername,
+            username=target.username,
+            password=target.password,
+            host=target.host,
+            port=target.port,
+            query=target.query,
+        )
+    )
     if backend == "postgresql":
         _admin(
             server,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE datname = '{target.database}' AND pid <> pg_backend_pid()",
+            "WHERE datname = :datname AND pid <> pg_backend_pid()",
+            target.database,
         )
-    _admin(server, f"DROP DATABASE IF EXISTS {target.database}")
+    _admin(server, "DROP DATABASE IF EXISTS {name}", target.database)
 
 
 def use_database(db: DatabaseSessionManager, url: str | URL) -> None:
@@ -103,7 +119,69 @@ def use_database(db: DatabaseSessionManager, url: str | URL) -> None:
     database_of(db).repoint(sync_url, async_url)
 
 
-def _admin(server: URL, sql: str) -> None:
+class EngineSwap:
+    """What :func:`use_engine` returns: ``restore()`` it, or use it as a ``with`` block."""
+
+    __slots__ = ("_database", "_previous", "db")
+
+    def __init__(self, db: DatabaseSessionManager, previous: Config) -> None:
+        self.db = db
+        self._database = database_of(db)
+        self._previous = previous
+
+    def restore(self) -> None:
+        """Point the manager back where it was (the test's engines are left to the test)."""
+        self._database.reconfigure(self._previous)
+
+    def __enter__(self) -> DatabaseSessionManager:
+        return self.db
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.restore()
+
+
+def use_engine(
+    db: DatabaseSessionManager,
+    engine: Engine | None = None,
+    *,
+    async_engine: AsyncEngine | None = None,
+) -> EngineSwap:
+    """Point ``db`` at engines the test suite built, e.g. an in-memory SQLite one.
+
+    From now on every session ``db`` opens (request sessions, units, ``isolated()``) uses them
+    as they are; a side without an engine here has none until restored (so nothing reaches
+    the old database by mistake). The engines the manager had built are disposed; the given
+    ones never are. Call ``restore()`` on the result, or use it as a ``with`` block.
+
+    Args:
+        db: The app's manager.
+        engine: The sync engine to use.
+        async_engine: The async engine to use.
+
+    Raises:
+        ConfigurationError: Neither engine given, or one of the wrong type.
+
+    Example:
+        >>> engine = create_engine("sqlite://", poolclass=StaticPool)
+        >>> SQLModel.metadata.create_all(engine)
+        >>> with use_engine(db, engine), TestClient(app) as client:
+        ...     client.post("/heroes/", json={"name": "Deadpond"})
+    """
+    database = database_of(db)
+    previous = database.config
+    database.reconfigure(previous.with_engines(engine, async_engine))
+    return EngineSwap(db, previous)
+
+
+def _admin(server: URL, sql: str, database: str | None) -> None:
+    """Run ``sql`` on the server: ``{name}`` is the quoted database name, ``:datname`` bound."""
+    if not database:
+        raise ConfigurationError(f"No database name in {_urls.render(server)}.")
     sync_server = server
     if _urls.is_async_driver(server):
         twin = _urls.sync_twin(server)
@@ -112,8 +190,10 @@ def _admin(server: URL, sql: str) -> None:
         sync_server = twin
     engine = create_engine(sync_server, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     try:
+        quoted = engine.dialect.identifier_preparer.quote_identifier(database)
         with engine.connect() as connection:
-            connection.execute(text(sql))
+            parameters = {"datname": database} if ":datname" in sql else {}
+            connection.execute(text(sql.format(name=quoted)), parameters)
     finally:
         engine.dispose()
 

@@ -140,13 +140,14 @@ def dbsession_database(
         alembic_ini=pytestconfig.getini("dbsession_alembic_ini") or None,
         suffix=f"{worker}_{os.getpid()}",
     )
-    original = (manager.url, manager.async_url)
+    database = database_of(manager)
+    original = database.config  # URLs or given engines, to come back to
     use_database(manager, url)
     try:
         yield url
     finally:
         manager.dispose()
-        database_of(manager).repoint(*original)
+        database.reconfigure(original)
         drop_test_database(url)
 
 

@@ -1,0 +1,113 @@
+"""DatabaseSettings: environment, .env, secret files, typed errors naming the variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from fastapi_dbsession import DatabaseSessionManager, DatabaseSettings, DatabaseUnavailableError
+from tests.conftest import Backend
+
+SENTINEL = "s3cret-Pa55word"
+
+
+def test_settings_from_the_environment_configure_the_pool(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", backend.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "3")
+    monkeypatch.setenv("DATABASE_MAX_OVERFLOW", "0")
+    monkeypatch.setenv("DATABASE_POOL_TIMEOUT", "0.5")
+    monkeypatch.setenv("DATABASE_STARTUP_RETRIES", "0")
+    db = DatabaseSessionManager.from_settings(DatabaseSettings())
+    app = FastAPI(lifespan=db.lifespan)
+
+    @app.get("/one")
+    def one(session: Session = Depends(db.session)) -> int:
+        return int(session.execute(text("SELECT 1")).scalar_one())
+
+    with TestClient(app) as client:
+        assert client.get("/one").json() == 1
+        status = db.pool_status()["sync"]
+    assert (status.size, status.capacity) == (3, 3)
+    assert db.engine.pool.timeout() == 0.5  # type: ignore[attr-defined]
+
+
+def test_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        f"DATABASE_URL=sqlite:///{tmp_path / 'app.db'}\nDATABASE_COMMIT_POLICY=manual\n"
+        "OTHER_SETTING=ignored\n"
+    )
+    db = DatabaseSessionManager.from_settings(DatabaseSettings())
+    assert db.default_commit_policy == "manual"
+    assert db.url is not None
+    assert db.url.database == str(tmp_path / "app.db")
+
+
+def test_password_from_a_secrets_directory_never_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "database_password").write_text(SENTINEL)
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://app@127.0.0.1:1/app")
+    monkeypatch.setenv("DATABASE_STARTUP_RETRIES", "0")
+    settings = DatabaseSettings(_secrets_dir=tmp_path)  # type: ignore[call-arg]
+    db = DatabaseSessionManager.from_settings(settings)
+    assert db.url is not None
+    assert db.url.password == SENTINEL  # it reached the URL...
+    with (
+        pytest.raises(DatabaseUnavailableError) as caught,
+        TestClient(FastAPI(lifespan=db.lifespan)),
+    ):
+        pass
+    shown = [repr(settings), str(settings), repr(db), str(caught.value), str(settings.model_dump())]
+    for text_shown in shown:  # ...and shows nowhere
+        assert SENTINEL not in text_shown
+    assert "app:***@127.0.0.1:1" in str(caught.value)
+
+
+def test_bad_value_names_the_variable_and_hides_the_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"postgresql+psycopg://app:{SENTINEL}@db/app")
+    monkeypatch.setenv("DATABASE_PASSWORD", SENTINEL)
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "ten")
+    monkeypatch.setenv("DATABASE_POOL_SATURATION_WARNING", "1.5")
+    with pytest.raises(ValidationError) as caught:
+        DatabaseSettings()
+    message = str(caught.value)
+    assert "DATABASE_POOL_SIZE" in message
+    assert "valid integer" in message
+    assert "DATABASE_POOL_SATURATION_WARNING" in message
+    assert "ten" not in message
+    assert SENTINEL not in message
+
+
+def test_without_the_extra_the_core_and_from_env_work(tmp_path: Path) -> None:
+    script = f"""
+import sys
+sys.modules["pydantic_settings"] = None  # as if pydantic-settings were not installed
+import os
+os.environ["DATABASE_URL"] = "sqlite:///{tmp_path / "app.db"}"
+import fastapi_dbsession
+db = fastapi_dbsession.DatabaseSessionManager.from_env()
+with db.transaction() as session:
+    from sqlalchemy import text
+    assert session.execute(text("SELECT 1")).scalar_one() == 1
+try:
+    fastapi_dbsession.DatabaseSettings
+except fastapi_dbsession.MissingDriverError as exc:
+    print(exc)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert 'pip install "fastapi-dbsession[settings]"' in result.stdout
