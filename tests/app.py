@@ -28,6 +28,23 @@ def build_app(db: DatabaseSessionManager) -> FastAPI:
     background_errors: list[BaseException] = []
     app.state.background_errors = background_errors
     app.state.stream_errors = []
+    app.state.kept_sessions = []
+    app.state.rolled_back = []
+
+    def _keep(session: object, side: str) -> None:
+        """Hold the session past the request, as user code may (an object kept in a cache):
+        garbage collection cannot return its connection, only the library's own close can;
+        and record the rollback hook, which only a real rollback runs."""
+        app.state.kept_sessions.append(session)
+        if side == "sync":
+            db.on_rollback(lambda: app.state.rolled_back.append(side))
+            return
+
+        async def rolled_back() -> None:  # awaits: a cancellation that reaches it stops it
+            await asyncio.sleep(0.05)
+            app.state.rolled_back.append(side)
+
+        db.on_rollback(rolled_back)
 
     SessionDep = Annotated[Session, Depends(db.session)]
     AsyncSessionDep = Annotated[AsyncSession, Depends(db.async_session)]
@@ -49,6 +66,17 @@ def build_app(db: DatabaseSessionManager) -> FastAPI:
         if item.raise_status is not None:
             raise HTTPException(item.raise_status, "asked to fail")
         return row
+
+    def audit_then_fail(kind: str, session: SessionDep) -> None:
+        session.add(Item(name="audit"))
+        session.flush()  # the INSERT has run: only a rollback undoes it
+        if kind == "http":
+            raise HTTPException(403, "refused by a dependency")
+        raise RuntimeError("a dependency failed")
+
+    @app.post("/sync/items/dependency-fails", dependencies=[Depends(audit_then_fail)])
+    def dependency_fails(session: SessionDep) -> None:
+        raise AssertionError("unreachable: the dependency raised")
 
     @app.post("/sync/items/shared", status_code=201)
     def shared(session: SessionDep, audited: Session = Depends(audit)) -> dict[str, bool]:
@@ -150,6 +178,17 @@ def build_app(db: DatabaseSessionManager) -> FastAPI:
             raise HTTPException(item.raise_status, "asked to fail")
         return row
 
+    async def aaudit_then_fail(kind: str, session: AsyncSessionDep) -> None:
+        session.add(Item(name="audit"))
+        await session.flush()  # the INSERT has run: only a rollback undoes it
+        if kind == "http":
+            raise HTTPException(403, "refused by a dependency")
+        raise RuntimeError("a dependency failed")
+
+    @app.post("/async/items/dependency-fails", dependencies=[Depends(aaudit_then_fail)])
+    async def adependency_fails(session: AsyncSessionDep) -> None:
+        raise AssertionError("unreachable: the dependency raised")
+
     @app.post("/async/items/shared", status_code=201)
     async def ashared(
         session: AsyncSessionDep, audited: AsyncSession = Depends(aaudit)
@@ -244,6 +283,7 @@ def build_app(db: DatabaseSessionManager) -> FastAPI:
 
     @app.post("/async/items/slow", status_code=201)
     async def aslow(session: AsyncSessionDep) -> dict[str, str]:
+        _keep(session, "async")
         session.add(Item(name="slow"))
         await session.flush()
         await asyncio.sleep(30)
@@ -251,6 +291,7 @@ def build_app(db: DatabaseSessionManager) -> FastAPI:
 
     @app.post("/sync/items/slow", status_code=201)
     async def slow_sync_session(session: SessionDep) -> dict[str, str]:
+        _keep(session, "sync")
         await run_in_threadpool(lambda: (session.add(Item(name="slow")), session.flush()))
         await asyncio.sleep(30)
         return {"status": "the client must never see this"}

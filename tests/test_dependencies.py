@@ -214,6 +214,21 @@ def test_dependency_and_endpoint_share_one_session(
     assert backend.names() == ["audit", "endpoint"]
 
 
+@pytest.mark.parametrize("failure", [("http", 403), ("error", 500)], ids=["http", "error"])
+def test_dependency_that_wrote_then_raised_rolls_back(
+    app: FastAPI, db: DatabaseSessionManager, backend: Backend, side: str, failure: tuple[str, int]
+) -> None:
+    """A dependency flushes an INSERT into the request session, then raises (HTTPException or
+    any error): the INSERT is rolled back, the connection returned."""
+    kind, status = failure
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post(f"/{side}/items/dependency-fails", params={"kind": kind})
+        assert checked_out(db, side) == 0
+
+    assert response.status_code == status
+    assert backend.count() == 0
+
+
 def test_request_validation_error_rolls_back_dependency_writes(
     client: TestClient, db: DatabaseSessionManager, backend: Backend, side: str
 ) -> None:
@@ -351,10 +366,19 @@ async def test_cancelled_request_rolls_back_and_returns_connection(
             tasks.cancel_scope.cancel()
     assert not scope_timeout.cancelled_caught
 
-    assert checked_out(db, side) == 0
-    assert backend.count() == 0
-    await db.async_dispose()
-    db.dispose()
+    try:
+        # rolled back and closed by the library while the request was being cancelled: the
+        # session is still referenced (app.state), so no garbage collection did it for us
+        assert app.state.rolled_back == [side]
+        assert checked_out(db, side) == 0
+        assert backend.count() == 0
+    finally:  # a regression leaves a transaction open: end it, or the next test waits on it
+        for kept in app.state.kept_sessions:
+            closed = kept.close()
+            if closed is not None:
+                await closed
+        await db.async_dispose()
+        db.dispose()
 
 
 def test_dependency_override_replaces_the_session(

@@ -337,6 +337,16 @@ def _configuration_2(module: ModuleType, backend: Backend) -> None:
     assert module.db.url == backend.url
 
 
+@check("docs_src/operations/lifespans001.py", env={"ORDERS_DATABASE_URL": "{url}"})
+def _operations_lifespans(module: ModuleType, backend: Backend) -> None:
+    with TestClient(module.app) as client:
+        assert module.db.pool_status()["sync"].checked_out == 0  # checked at startup
+        assert module.orders_db.pool_status()["sync"].checked_out == 0
+        assert client.get("/counts").json() == [1, 2]
+    assert module.db.pool_status() == {}  # disposed at shutdown
+    assert module.orders_db.pool_status() == {}
+
+
 @check("docs_src/configuration/tutorial003.py")
 def _configuration_3(module: ModuleType, backend: Backend) -> None:
     with TestClient(module.app):
@@ -353,6 +363,20 @@ def _configuration_4(module: ModuleType, backend: Backend) -> None:
     assert module.engine.pool is pool  # the shutdown left the app's engine alone...
     assert module.count_jobs() == 1  # ...and the CLI code keeps using it
     assert pool.checkedout() == 0
+
+
+@check("docs_src/migrating/inside_endpoints.py")
+def _migrating_inside_endpoints(module: ModuleType, backend: Backend) -> None:
+    with TestClient(module.app, raise_server_exceptions=False) as client:
+        created = client.post("/heroes/", params={"name": "Deadpond"})
+        assert created.status_code == 200
+        assert created.json()["name"] == "Deadpond"
+        unit = client.post("/heroes/unit", params={"name": "Rusty-Man"})
+        assert (unit.status_code, unit.json()["name"]) == (200, "Rusty-Man")
+        assert count(backend, "inside_heroes") == 2
+        trap = client.post("/heroes/detached", params={"name": "Spider-Boy"})
+        assert trap.status_code == 500  # what the docs warn about really happens
+    assert count(backend, "inside_heroes") == 3  # (its row was committed before the failure)
 
 
 @check("docs_src/migrating/startup_events.py")
@@ -531,10 +555,15 @@ def test_documented_file_runs(path: str, backend: Backend, monkeypatch: pytest.M
 @pytest.mark.timeout(360)  # a whole pytest subprocess, itself bounded at 300 s
 def test_testing_example_passes(backend: Backend) -> None:
     """examples/testing is a user's test suite: run it as one, with its own pytest."""
+    run_suite(backend, ROOT, ["-p", "no:cacheprovider", "examples/testing"], passed=5)
+
+
+def run_suite(backend: Backend, cwd: Path, arguments: list[str], *, passed: int) -> None:
+    """Run a user's test suite with its own pytest, on ``backend``; all ``passed`` must pass."""
     env = {**os.environ, "DATABASE_URL": url_of(backend)}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/testing"],
-        cwd=ROOT,
+        [sys.executable, "-m", "pytest", "-q", *arguments],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -542,7 +571,12 @@ def test_testing_example_passes(backend: Backend) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"\b5 passed\b", result.stdout), result.stdout
+    assert re.search(rf"\b{passed} passed\b", result.stdout), result.stdout
+
+
+def test_sqlmodel_example_passes(backend: Backend) -> None:
+    """examples/sqlmodel_heroes: SQLModel's heroes and teams, and their tests, three ways."""
+    run_suite(backend, EXAMPLES / "sqlmodel_heroes", [], passed=6)
 
 
 def test_every_documented_file_is_run() -> None:
@@ -562,6 +596,10 @@ def test_every_documented_file_is_run() -> None:
         "examples/testing/conftest.py",
         "examples/testing/pytest.ini",
         "examples/testing/test_app.py",
+        "examples/sqlmodel_heroes/app.py",
+        "examples/sqlmodel_heroes/conftest.py",
+        "examples/sqlmodel_heroes/pytest.ini",
+        "examples/sqlmodel_heroes/test_app.py",
     }
     for path in included:
         assert (ROOT / path).is_file(), f"docs include {path}, which does not exist"

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from fastapi_dbsession import DatabaseSessionManager, PoolTimeoutError
+from fastapi_dbsession import DatabaseSessionManager, PoolTimeoutError, dependencies
 from tests._uvicorn import httpx, serve
 from tests.conftest import Backend
 
@@ -113,7 +113,11 @@ def _holding_app(db: DatabaseSessionManager) -> tuple[FastAPI, threading.Event, 
     return app, holding, release
 
 
-def test_no_free_connection_answers_503_with_retry_after(backend: Backend, side: str) -> None:
+def test_no_free_connection_answers_503_with_retry_after(
+    backend: Backend, side: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.WARNING, logger="fastapi_dbsession")
+    monkeypatch.setattr(dependencies, "BUSY_LOG_INTERVAL", 0.0)  # no rate limit in this test
     db = _pool_of_one(backend)
     app, holding, release = _holding_app(db)
     with TestClient(app) as client:
@@ -130,6 +134,11 @@ def test_no_free_connection_answers_503_with_retry_after(backend: Backend, side:
         assert "busy" in response.json()["detail"]
         assert backend.url.host is None or backend.url.host not in response.text
         assert client.get(f"/{side}").status_code == 200  # capacity is back
+    busy = [r.getMessage() for r in caplog.records if "answered 503" in r.getMessage()]
+    assert len(busy) == 1
+    assert (
+        "answered 503 with Retry-After: No database connection became free within 0.3s" in (busy[0])
+    )
     pool = (db.async_engine.sync_engine if side == "async" else db.engine).pool
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
 

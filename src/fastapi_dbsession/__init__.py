@@ -22,6 +22,7 @@ from .errors import (
     TransactionExistsError,
     UnexpectedRollbackError,
 )
+from .lifespans import compose_lifespans
 from .manager import DatabaseSessionManager
 from .middleware import ServerTimingMiddleware
 from .propagation import CommitPolicy, Propagation
@@ -52,6 +53,7 @@ __all__ = [
     "SessionFinishedError",
     "TransactionExistsError",
     "UnexpectedRollbackError",
+    "compose_lifespans",
     "transactional",
 ]
 

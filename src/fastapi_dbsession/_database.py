@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -70,8 +72,8 @@ class Database:
         self._gate: CapacityGate | None = None
         self._gate_built = False
         self._binding: Binding | None = None
-        self.watchers = Watchers(config.observability, config.name)
-        """Query recording, hold-time watches, engine hooks, gate observers (all opt-in)."""
+        _ALL.add(self)
+        self.watchers = Watchers(config.observability, config.name)  # all opt-in
 
     def __repr__(self) -> str:
         return f"DatabaseSessionManager({self._config.describe()})"
@@ -337,6 +339,18 @@ class Database:
             _dispose_outside_loop(engine)
         self._config = config
 
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's pooled connections, never touching them.
+
+        SQLAlchemy's recipe for pre-fork servers (``engine.dispose(close=False)``): the child
+        starts with empty pools; the parent's connections stay the parent's. The capacity gate
+        counted the parent's requests, so the child gets a new one.
+        """
+        for engine in (self._engine, self._async_engine):
+            if engine is not None:
+                getattr(engine, "sync_engine", engine).dispose(close=False)
+        self._gate, self._gate_built = None, False
+
     async def shutdown(self) -> None:
         """Dispose both engines; under a test's binding, only close this loop's connection."""
         if self._binding is not None:
@@ -345,6 +359,19 @@ class Database:
         given_too = self._config.dispose_engines
         await self.async_dispose(given_too=given_too)
         await anyio.to_thread.run_sync(lambda: self.dispose(given_too=given_too))
+
+
+_ALL: weakref.WeakSet[Database] = weakref.WeakSet()
+"""Every live Database, so that a forked child can let go of the parent's connections."""
+
+
+def _after_fork_in_child() -> None:
+    for database in list(_ALL):
+        database.after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX: gunicorn/uvicorn workers fork after import
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _dispose_outside_loop(engine: AsyncEngine) -> None:

@@ -68,14 +68,32 @@ class PoolTimeoutResponse(PoolTimeoutError, HTTPException):
         return str(self.args[0])
 
 
+BUSY_LOG_INTERVAL = 10.0
+"""Seconds between two "answered 503" log lines; the ones in between are counted."""
+_busy_log = {"last": -BUSY_LOG_INTERVAL, "quiet": 0}
+
+
+def _busy(message: str) -> PoolTimeoutResponse:
+    """The 503 for a request that found no free connection, logged (rate-limited)."""
+    now = time.monotonic()
+    if now - _busy_log["last"] >= BUSY_LOG_INTERVAL:
+        quiet = int(_busy_log["quiet"])
+        _busy_log["last"], _busy_log["quiet"] = now, 0
+        more = f" ({quiet} more since the last line)" if quiet else ""
+        logger.warning("answered 503 with Retry-After: %s%s", message, more)
+    else:
+        _busy_log["quiet"] += 1
+    return PoolTimeoutResponse(message)
+
+
 def _as_response(database: Database, error: BaseException, *, is_async: bool) -> BaseException:
     """``error`` itself, or the 503 form of it when no connection became free in time."""
     if isinstance(error, PoolTimeoutResponse):
         return error
     if isinstance(error, PoolTimeoutError):
-        return PoolTimeoutResponse(str(error))
+        return _busy(str(error))
     if isinstance(error, sqlalchemy.exc.TimeoutError):  # the pool's own checkout timeout
-        return PoolTimeoutResponse(str(database.pool_timeout_error(is_async=is_async)))
+        return _busy(str(database.pool_timeout_error(is_async=is_async)))
     return error
 
 
@@ -235,7 +253,7 @@ async def _pass(gate: CapacityGate, observers: list[Callable[[float, bool], obje
     """Take a permit from the pool gate, telling the observers (metrics) how long it took."""
     if not observers:
         if not await gate.acquire(gate.timeout):
-            raise PoolTimeoutResponse(gate.timeout_message)
+            raise _busy(gate.timeout_message)
         return
     started = time.perf_counter()
     acquired = await gate.acquire(gate.timeout)
@@ -243,7 +261,7 @@ async def _pass(gate: CapacityGate, observers: list[Callable[[float, bool], obje
     for observer in observers:
         observer(waited, acquired)
     if not acquired:
-        raise PoolTimeoutResponse(gate.timeout_message)
+        raise _busy(gate.timeout_message)
 
 
 def _asked_by(route: object, dependency: object) -> str:
