@@ -92,7 +92,8 @@ class _PrometheusMetrics:
 
         def on_engine(engine: Engine) -> None:
             side = "async" if engine.dialect.is_async else "sync"
-            self.engines[name, side] = engine
+            if engine.pool.logging_name in (name, f"{name}-async"):  # not a replica's pool
+                self.engines[name, side] = engine
             _time_statements(engine, self.query_seconds.labels(name, side).observe)
 
         database.add_engine_hook(on_engine)

@@ -9,6 +9,7 @@ client a 2xx.)
 
 # No "from __future__ import annotations" here: FastAPI reads these signatures at runtime.
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from contextlib import AsyncExitStack
@@ -29,6 +30,7 @@ from ._database import Database
 from ._frames import Frame, Root, frames_of, sync_view
 from ._holds import hold_of
 from ._recording import QueryStats, request_label
+from ._replicas import Writes, enter_request
 from ._sessions import has_work, is_busy
 from ._units import async_drive, drive, finish_root
 from .errors import PoolTimeoutError
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SCOPE_KEY = "fastapi_dbsession.commit_policy"
+_WRITES_KEY = "fastapi_dbsession.writes"
 
 RETRY_AFTER_SECONDS = 1
 """The ``Retry-After`` of a request that found no free connection: the overload is short-lived."""
@@ -156,10 +159,40 @@ def _status(connection: HTTPConnection, response: Response) -> int | None:
     return declared if isinstance(declared, int) else None
 
 
+def _enter_writes(connection: HTTPConnection, response: Response, database: Database) -> None:
+    """Give the request its record of writes (read-your-writes across its sessions), once."""
+    if not database.config.replica_urls or database.is_bound:
+        return
+    store: dict[int, Writes] = connection.scope.setdefault(_WRITES_KEY, {})
+    enter_request(store)
+    if id(database) in store:
+        return
+    writes = store[id(database)] = Writes()
+    sticky = database.config.sticky_window
+    if sticky is None:
+        return
+    carried = connection.cookies.get(sticky.cookie) if sticky.cookie else None
+    if sticky.header:
+        carried = connection.headers.get(sticky.header)
+    writes.wrote = sticky.is_open(carried, time.time())
+
+    def mark_client() -> None:  # the first write of this request: open the client's window
+        until = f"{time.time() + sticky.seconds:.3f}"
+        if sticky.cookie:
+            # Max-Age counts whole seconds (and cookie jars round "now" down): one more second
+            # than the window; the value itself is what decides (StickyWindow.is_open).
+            max_age = math.ceil(sticky.seconds) + 1
+            response.set_cookie(sticky.cookie, until, max_age=max_age, httponly=True)
+        else:
+            response.headers[sticky.header or ""] = until
+
+    writes.on_first_write = mark_client
+
+
 _Opened = tuple[
     Any,
     Frame,
-    "Token[Frame | None]",
+    "Token[Frame | None] | None",
     CapacityGate | None,
     "tuple[QueryStats, Token[QueryStats | None]] | None",
 ]
@@ -168,29 +201,34 @@ _Opened = tuple[
 class _RequestUnit:
     """Open and end the request transaction of one database, for one side (sync or async).
 
-    Both ways of hooking into FastAPI (below) use this one implementation.
+    Both ways of hooking into FastAPI (below) use this one implementation. A read unit
+    (``db.read_session``) never commits and is not the context's unit: ``@transactional`` and
+    ``db.transaction()`` never join it.
     """
 
-    __slots__ = ("database", "dependency", "frames", "is_async")
+    __slots__ = ("database", "dependency", "frames", "is_async", "is_read")
 
-    def __init__(self, database: Database, *, is_async: bool) -> None:
+    def __init__(self, database: Database, *, is_async: bool, is_read: bool = False) -> None:
         self.database = database
         self.is_async = is_async
+        self.is_read = is_read
         self.frames = frames_of(is_async=is_async)
         self.dependency: Callable[..., Any] | None = None  # what routes name in Depends()
 
-    async def open(self, connection: HTTPConnection) -> _Opened:
+    async def open(self, connection: HTTPConnection, response: Response) -> _Opened:
         """Take a pool permit (sync), make the session and make it the context's unit."""
         database = self.database
+        _enter_writes(connection, response, database)
+        read = self.is_read or _route_rule(connection, database)[0] == "read_only"
         gate = None if self.is_async else database.capacity_gate()
         if gate is not None:
             await _pass(gate, database.watchers.gate_observers)
         session: Any
         try:
             if self.is_async:
-                session = await database.async_new_session()
+                session = await database.async_new_session(read=read)
             else:
-                session = database.new_session()
+                session = database.new_session(read=read)
         except BaseException:
             if gate is not None:
                 gate.release()
@@ -200,12 +238,13 @@ class _RequestUnit:
             root=Root(session=session, owns_session=True, is_request=True),
             parent=self.frames.get(),
         )
+        token = None if self.is_read else self.frames.set(frame)
         recording = None
         if database.watchers.recorder is not None:
             recording = database.watchers.recorder.start(_label(connection), connection.scope)
         if database.watchers.hold_threshold is not None:
             self._describe_hold(session, connection)
-        return session, frame, self.frames.set(frame), gate, recording
+        return session, frame, token, gate, recording
 
     def _describe_hold(self, session: object, connection: HTTPConnection) -> None:
         """Name the request and the dependency that asked for its session, for hold warnings."""
@@ -231,13 +270,16 @@ class _RequestUnit:
         _, frame, token, gate, recording = opened
         try:
             policy, statuses = _route_rule(connection, self.database)
+            if self.is_read:
+                policy = "read_only"
             status = _status(connection, response)
             commit = error is None and should_commit(policy, None, status, statuses)
             await _finish(frame, commit, is_async=self.is_async)
             if error is None:
                 logger.debug("request session %s", "committed" if commit else "rolled back")
         finally:
-            self.frames.reset(token)
+            if token is not None:
+                self.frames.reset(token)
             if gate is not None:
                 gate.release()
             if recording is not None:
@@ -294,7 +336,9 @@ def _label(connection: HTTPConnection) -> str:
     )
 
 
-def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., Awaitable[Any]]:
+def _request_dependency(
+    database: Database, *, is_async: bool, is_read: bool = False
+) -> Callable[..., Awaitable[Any]]:
     """Build ``db.session`` / ``db.async_session``.
 
     Where FastAPI keeps its function-scoped exit stack in the request scope (0.121 and later,
@@ -303,13 +347,13 @@ def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., 
     dependency ends, without a second dependency level or a generator per request. Otherwise
     it is a plain dependency over a ``scope="function"`` yield dependency.
     """
-    unit = _RequestUnit(database, is_async=is_async)
+    unit = _RequestUnit(database, is_async=is_async, is_read=is_read)
     if FUNCTION_STACK_KEY is None:
         return _nested_dependency(unit)
 
     async def request_session(connection: HTTPConnection, response: Response) -> Any:
         stack: AsyncExitStack = connection.scope[FUNCTION_STACK_KEY]
-        opened = await unit.open(connection)
+        opened = await unit.open(connection, response)
 
         async def end(
             kind: type[BaseException] | None, error: BaseException | None, traceback: object
@@ -330,7 +374,7 @@ def _nested_dependency(unit: _RequestUnit) -> Callable[..., Awaitable[Any]]:
     async def request_session_scope(
         connection: HTTPConnection, response: Response
     ) -> AsyncIterator[Any]:
-        opened = await unit.open(connection)
+        opened = await unit.open(connection, response)
         try:
             yield opened[0]
         except BaseException as error:
@@ -382,3 +426,13 @@ def session_dependency(database: Database) -> Callable[..., Awaitable[Session]]:
 def async_session_dependency(database: Database) -> "Callable[..., Awaitable[AsyncSession]]":
     """Build ``db.async_session``: the request's AsyncSession, finished before the response."""
     return _request_dependency(database, is_async=True)
+
+
+def read_session_dependency(database: Database) -> Callable[..., Awaitable[Session]]:
+    """Build ``db.read_session``: a read-only request session (a replica when there are some)."""
+    return _request_dependency(database, is_async=False, is_read=True)
+
+
+def async_read_session_dependency(database: Database) -> "Callable[..., Awaitable[AsyncSession]]":
+    """Build ``db.async_read_session``: the async twin of ``db.read_session``."""
+    return _request_dependency(database, is_async=True, is_read=True)
