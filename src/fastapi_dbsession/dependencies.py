@@ -256,8 +256,8 @@ class _RequestUnit:
         _enter_writes(connection, response, database)
         read = self.is_read or _route_rule(connection, database)[0] == "read_only"
         gate = None if self.is_async else database.capacity_gate()
-        if gate is not None and not await gate.acquire(gate.timeout):
-            raise _busy(gate.timeout_message)
+        if gate is not None:
+            await _pass(gate, database.watchers.gate_observers)
         session: Any
         try:
             if self.is_async:
@@ -275,9 +275,9 @@ class _RequestUnit:
         )
         token = None if self.is_read else self.frames.set(frame)
         recording = None
-        if database.recorder is not None:
-            recording = database.recorder.start(_label(connection), connection.scope)
-        if database.config.observability.hold_warning_threshold is not None:
+        if database.watchers.recorder is not None:
+            recording = database.watchers.recorder.start(_label(connection), connection.scope)
+        if database.watchers.hold_threshold is not None:
             self._describe_hold(session, connection)
         return session, frame, token, gate, recording
 
@@ -320,12 +320,27 @@ class _RequestUnit:
             if gate is not None:
                 gate.release()
             if recording is not None:
-                assert self.database.recorder is not None
-                self.database.recorder.stop(*recording)
+                assert self.database.watchers.recorder is not None
+                self.database.watchers.recorder.stop(*recording)
         if error is not None:
             replacement = _as_response(self.database, error, is_async=self.is_async)
             if replacement is not error:
                 raise replacement from error
+
+
+async def _pass(gate: CapacityGate, observers: list[Callable[[float, bool], object]]) -> None:
+    """Take a permit from the pool gate, telling the observers (metrics) how long it took."""
+    if not observers:
+        if not await gate.acquire(gate.timeout):
+            raise _busy(gate.timeout_message)
+        return
+    started = time.perf_counter()
+    acquired = await gate.acquire(gate.timeout)
+    waited = time.perf_counter() - started
+    for observer in observers:
+        observer(waited, acquired)
+    if not acquired:
+        raise _busy(gate.timeout_message)
 
 
 def _asked_by(route: object, dependency: object) -> str:
