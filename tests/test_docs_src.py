@@ -502,6 +502,21 @@ def _observability_1(module: ModuleType, backend: Backend) -> None:
     )
 
 
+@check("docs_src/operations/observability002.py")
+def _observability_2(module: ModuleType, backend: Backend) -> None:
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    try:
+        with TestClient(module.app) as client:
+            assert client.get("/products/3").status_code == 200
+            metrics = client.get("/metrics/").text
+    finally:
+        SQLAlchemyInstrumentor().uninstrument()  # the example turned it on for the process
+    pattern = r'fastapi_dbsession_pool_connections\{database="shop",side="sync",state="idle"\} 1.0'
+    assert re.search(pattern, metrics), metrics
+    assert 'fastapi_dbsession_query_duration_seconds_count{database="shop",side="sync"}' in metrics
+
+
 # -- the tests ----------------------------------------------------------------------------
 
 
