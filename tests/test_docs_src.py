@@ -20,6 +20,7 @@ from types import ModuleType
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from fastapi_dbsession import (
     ConcurrentSessionUseError,
@@ -270,7 +271,7 @@ def _transactions_4(module: ModuleType, backend: Backend) -> None:
     with module.db.transaction() as session:
         session.add_all([module.Sale(day=day, amount=30), module.Sale(day=day, amount=12)])
     assert module.close_day(day) == 42
-    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+    with pytest.raises(IntegrityError, match=r"(?i)unique|duplicate"):
         module.close_day(day)  # closing twice fails and rolls back...
     assert count(backend, "closed_days") == 1
     assert count(backend, "job_log") == 2  # ...but its log entry (REQUIRES_NEW) stays
@@ -278,9 +279,17 @@ def _transactions_4(module: ModuleType, backend: Backend) -> None:
 
 @check("examples/service_layer/app.py")
 def _service_layer(module: ModuleType, backend: Backend) -> None:
-    """Run by tests/test_examples.py; here only its included sections are checked to exist."""
-    assert callable(module.transfer)
-    assert callable(module.post_transfer)
+    """The sections the docs include, run: a transfer commits and its e-mail goes out; one
+    the balance cannot cover answers 409 and moves nothing (tests/test_examples.py runs the
+    rest of the example)."""
+    with TestClient(module.app) as client:
+        assert client.post(
+            "/transfers", json={"source": "ada", "target": "bob", "amount": 30}
+        ).json() == {"balance": 70}
+        refused = client.post("/transfers", json={"source": "bob", "target": "ada", "amount": 99})
+        assert refused.status_code == 409
+        assert client.get("/accounts").json() == {"ada": 70, "bob": 30}
+    assert module.OUTBOX == ["to ada: you sent 30 to bob"]
 
 
 # -- async --------------------------------------------------------------------------------
@@ -363,6 +372,20 @@ def _configuration_4(module: ModuleType, backend: Backend) -> None:
     assert module.engine.pool is pool  # the shutdown left the app's engine alone...
     assert module.count_jobs() == 1  # ...and the CLI code keeps using it
     assert pool.checkedout() == 0
+
+
+@check("docs_src/migrating/inside_endpoints.py")
+def _migrating_inside_endpoints(module: ModuleType, backend: Backend) -> None:
+    with TestClient(module.app, raise_server_exceptions=False) as client:
+        created = client.post("/heroes/", params={"name": "Deadpond"})
+        assert created.status_code == 200
+        assert created.json()["name"] == "Deadpond"
+        unit = client.post("/heroes/unit", params={"name": "Rusty-Man"})
+        assert (unit.status_code, unit.json()["name"]) == (200, "Rusty-Man")
+        assert count(backend, "inside_heroes") == 2
+        trap = client.post("/heroes/detached", params={"name": "Spider-Boy"})
+        assert trap.status_code == 500  # what the docs warn about really happens
+    assert count(backend, "inside_heroes") == 3  # (its row was committed before the failure)
 
 
 @check("docs_src/migrating/startup_events.py")
@@ -479,6 +502,21 @@ def _observability_1(module: ModuleType, backend: Backend) -> None:
     )
 
 
+@check("docs_src/operations/observability002.py")
+def _observability_2(module: ModuleType, backend: Backend) -> None:
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    try:
+        with TestClient(module.app) as client:
+            assert client.get("/products/3").status_code == 200
+            metrics = client.get("/metrics/").text
+    finally:
+        SQLAlchemyInstrumentor().uninstrument()  # the example turned it on for the process
+    pattern = r'fastapi_dbsession_pool_connections\{database="shop",side="sync",state="idle"\} 1.0'
+    assert re.search(pattern, metrics), metrics
+    assert 'fastapi_dbsession_query_duration_seconds_count{database="shop",side="sync"}' in metrics
+
+
 # -- the tests ----------------------------------------------------------------------------
 
 
@@ -526,10 +564,15 @@ def test_documented_file_runs(path: str, backend: Backend, monkeypatch: pytest.M
 @pytest.mark.timeout(360)  # a whole pytest subprocess, itself bounded at 300 s
 def test_testing_example_passes(backend: Backend) -> None:
     """examples/testing is a user's test suite: run it as one, with its own pytest."""
+    run_suite(backend, ROOT, ["-p", "no:cacheprovider", "examples/testing"], passed=5)
+
+
+def run_suite(backend: Backend, cwd: Path, arguments: list[str], *, passed: int) -> None:
+    """Run a user's test suite with its own pytest, on ``backend``; all ``passed`` must pass."""
     env = {**os.environ, "DATABASE_URL": url_of(backend)}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/testing"],
-        cwd=ROOT,
+        [sys.executable, "-m", "pytest", "-q", *arguments],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -537,7 +580,12 @@ def test_testing_example_passes(backend: Backend) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"\b5 passed\b", result.stdout), result.stdout
+    assert re.search(rf"\b{passed} passed\b", result.stdout), result.stdout
+
+
+def test_sqlmodel_example_passes(backend: Backend) -> None:
+    """examples/sqlmodel_heroes: SQLModel's heroes and teams, and their tests, three ways."""
+    run_suite(backend, EXAMPLES / "sqlmodel_heroes", [], passed=6)
 
 
 def test_every_documented_file_is_run() -> None:
@@ -557,6 +605,10 @@ def test_every_documented_file_is_run() -> None:
         "examples/testing/conftest.py",
         "examples/testing/pytest.ini",
         "examples/testing/test_app.py",
+        "examples/sqlmodel_heroes/app.py",
+        "examples/sqlmodel_heroes/conftest.py",
+        "examples/sqlmodel_heroes/pytest.ini",
+        "examples/sqlmodel_heroes/test_app.py",
     }
     for path in included:
         assert (ROOT / path).is_file(), f"docs include {path}, which does not exist"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -14,10 +15,16 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from fastapi_dbsession import ConfigurationError, DatabaseSessionManager
-from fastapi_dbsession.testing import isolated, use_database, use_engine
+from fastapi_dbsession.testing import (
+    create_test_database,
+    drop_test_database,
+    isolated,
+    use_database,
+    use_engine,
+)
 from fastapi_dbsession.testing._seam import database_of
 from tests.conftest import Backend
 from tests.models import Base, Item
@@ -301,3 +308,26 @@ def test_engines_of_the_wrong_kind_are_named() -> None:
         DatabaseSessionManager("sqlite://", dispose_engines=True)
     with pytest.raises(ConfigurationError, match="needs an engine"):
         use_engine(DatabaseSessionManager("sqlite://"))
+
+
+def test_a_test_suite_swaps_in_an_engine_on_its_own_database(backend: Backend) -> None:
+    """What a user's conftest does on PostgreSQL / MariaDB: a test database, its own engine."""
+    db = DatabaseSessionManager(backend.url, async_url=backend.async_url)
+    app = items_app(db)
+    test_url = create_test_database(backend.url, metadata=Base.metadata)
+    test_engine = create_engine(test_url)
+    test_async_engine = create_async_engine(  # TestClient's loop ends with the block: no pool
+        test_url.set(drivername=backend.async_url.drivername), poolclass=NullPool
+    )
+    try:
+        with use_engine(db, test_engine, async_engine=test_async_engine), TestClient(app) as client:
+            assert client.post("/items", params={"name": "ada"}).status_code == 201
+            assert client.post("/aitems", params={"name": "bob"}).status_code == 201
+        with test_engine.connect() as connection:
+            names = connection.scalars(text("SELECT name FROM items ORDER BY name")).all()
+        assert names == ["ada", "bob"]
+        assert backend.count() == 0  # the app's own database saw nothing
+    finally:
+        test_engine.dispose()
+        asyncio.run(test_async_engine.dispose())
+        drop_test_database(test_url)
