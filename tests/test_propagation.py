@@ -9,13 +9,18 @@ from fastapi_dbsession import (
     NoActiveTransactionError,
     Propagation,
     TransactionExistsError,
+    propagation,
 )
 from fastapi_dbsession.propagation import (
     Action,
     Active,
     backoff_delay,
+    check_policy,
     is_retryable,
+    make_options,
+    plan_retry,
     plan_unit_of_work,
+    should_commit,
     should_roll_back,
 )
 
@@ -154,3 +159,167 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
         delay = backoff_delay(attempt)
         ceiling = min(1.0, 0.02 * 2 ** (attempt - 1))
         assert ceiling / 2 <= delay <= ceiling
+
+
+# -- the exact figures and messages the docs state (found by mutation testing: each assertion
+# below failed on a mutant that the tests above let through) -------------------------------
+
+
+def test_a_cyclic_exception_chain_is_walked_once() -> None:
+    first, second = RuntimeError("a"), RuntimeError("b")
+    first.__context__, second.__context__ = second, first  # what `raise ... from` loops make
+    assert is_retryable(first) is False
+
+
+def test_a_wrapped_object_without_args_is_not_retryable() -> None:
+    class Odd(Exception):
+        orig = object()  # some wrappers carry a non-exception
+
+    assert is_retryable(Odd()) is False
+
+
+def test_lock_wait_timeouts_are_not_retried_by_default() -> None:
+    assert is_retryable(Wrapped(FakeDriverError(1205, "Lock wait timeout"))) is False
+
+
+def test_backoff_is_half_the_ceiling_plus_up_to_half_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(propagation.random, "uniform", lambda low, high: high)
+    assert [backoff_delay(n) for n in (1, 2, 3)] == [0.02, 0.04, 0.08]
+    monkeypatch.setattr(propagation.random, "uniform", lambda low, high: low)
+    assert [backoff_delay(n) for n in (1, 2, 3)] == [0.01, 0.02, 0.04]
+
+
+SERIALIZATION = Wrapped(FakeDriverError(sqlstate="40001"))
+LOCK_WAIT = Wrapped(FakeDriverError(1205, "Lock wait timeout"))
+
+
+def _delays(error: BaseException, options: object, attempts: int) -> list[float | None]:
+    return [
+        plan_retry(error, n, options, elapsed=0.0).delay  # type: ignore[arg-type]
+        for n in range(1, attempts + 1)
+    ]
+
+
+def test_retries_n_means_n_reruns_after_the_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """retries=2: attempts 1 and 2 are followed by a re-run, after the backoff; attempt 3 is
+    the last one (3 attempts in all)."""
+    monkeypatch.setattr(propagation.random, "uniform", lambda low, high: high)
+    assert _delays(SERIALIZATION, make_options(retries=2), 3) == [0.02, 0.04, None]
+    assert _delays(SERIALIZATION, make_options(), 1) == [None]  # retries=0: never
+    decision = plan_retry(SERIALIZATION, 3, make_options(retries=2), elapsed=0.0)
+    assert decision.given_up == "retries=2 exhausted"
+
+
+def test_errors_that_are_not_retryable_are_raised_at_once() -> None:
+    options = make_options(retries=3)
+    assert _delays(Wrapped(FakeDriverError(sqlstate="23505")), options, 1) == [None]
+    assert _delays(ValueError("business"), options, 1) == [None]
+    assert _delays(LOCK_WAIT, options, 1) == [None]
+    assert _delays(LOCK_WAIT, make_options(retries=3, retry_on_lock_timeout=True), 1) != [None]
+
+
+def test_options_keep_what_was_asked() -> None:
+    assert make_options().retry_on_lock_timeout is False
+    assert make_options(retry_on_lock_timeout=True).retry_on_lock_timeout is True
+    assert make_options(rollback_on=[ValueError]).rollback_on == (ValueError,)
+    assert make_options(no_rollback_on=[KeyError]).no_rollback_on == (KeyError,)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"propagation": "requires_new"},
+            "propagation='requires_new' is not a Propagation. Use e.g. "
+            "propagation=Propagation.REQUIRES_NEW (from fastapi_dbsession import Propagation).",
+        ),
+        ({"retries": -1}, "retries=-1 must be a whole number >= 0."),
+        ({"timeout": 0}, "timeout=0 must be a number of seconds > 0."),
+        (
+            {"rollback_on": ValueError},  # a class, not a tuple of classes
+            "rollback_on must be a tuple of exception classes, e.g. "
+            "rollback_on=(PaymentDeclined,).",
+        ),
+        (
+            {"no_rollback_on": ("ValueError",)},  # a name, not a class
+            "no_rollback_on must be a tuple of exception classes, e.g. "
+            "no_rollback_on=(PaymentDeclined,).",
+        ),
+    ],
+)
+def test_bad_options_are_refused_with_the_fix(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        make_options(**options)  # type: ignore[arg-type]
+    assert str(caught.value) == message
+
+
+def test_unknown_policy_names_the_three() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        check_policy("sometimes", argument="commit_policy")
+    assert str(caught.value) == (
+        "commit_policy='sometimes' is not a commit policy. Use one of 'commit', 'manual', "
+        "'read_only': 'commit' commits when the endpoint succeeds, 'manual' never commits for "
+        "you, 'read_only' always rolls back."
+    )
+
+
+@pytest.mark.parametrize(("status", "expected"), [(None, True), (399, True), (400, False)])
+def test_the_first_error_status_is_400(status: int | None, expected: bool) -> None:
+    assert should_commit("commit", None, status) is expected
+
+
+def test_a_tie_between_the_rules_rolls_back() -> None:
+    assert should_roll_back(ValueError(), (ValueError,), (ValueError,)) is True
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda: plan_unit_of_work(P.MANDATORY, None),
+            NoActiveTransactionError,
+            "Propagation.MANDATORY requires an active transaction, and none is active here. "
+            "Call this from inside a request that depends on db.session, a db.transaction() "
+            "block or another @transactional function, or use Propagation.REQUIRED.",
+        ),
+        (
+            lambda: plan_unit_of_work(P.NEVER, RUNNING),
+            TransactionExistsError,
+            "Propagation.NEVER must run outside any transaction, but one is active here. Call "
+            "it outside db.transaction() / @transactional code, or use Propagation.NOT_SUPPORTED "
+            "to suspend the active transaction.",
+        ),
+        (
+            lambda: plan_unit_of_work(P.REQUIRED, RUNNING, durable=True),
+            TransactionExistsError,
+            "durable=True: this unit must be the outermost transaction, so that its commit is "
+            "final, but it runs inside another transaction. Call it outside any transaction, or "
+            "drop durable=True.",
+        ),
+        (
+            lambda: plan_unit_of_work(P.REQUIRED, RUNNING, retries=3),
+            ConfigurationError,
+            "retries=3 re-runs the whole unit of work, so it only works at the outermost "
+            "transaction boundary, but this unit joins a transaction that is already running. "
+            "Put retries= on the outermost @transactional, or use "
+            "propagation=Propagation.REQUIRES_NEW.",
+        ),
+        (
+            lambda: plan_unit_of_work(P.REQUIRED, None, can_begin=False),
+            NoActiveTransactionError,
+            "The bare @transactional found no session: none was passed as an argument and no "
+            "request session or transaction is active in this context. Pass the session "
+            "(f(session=...)), call it inside a request or db.transaction(), or decorate it "
+            "with @db.transactional, which opens one.",
+        ),
+    ],
+)
+def test_planner_errors_say_what_is_wrong_and_the_fix(
+    call: object, error: type[Exception], message: str
+) -> None:
+    """The whole message: it is the user's only guide to the fix."""
+    with pytest.raises(error) as caught:
+        call()  # type: ignore[operator]
+    assert str(caught.value) == message

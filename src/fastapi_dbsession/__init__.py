@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 
 from ._pressure import PoolStatus
 from ._probes import PingResult
+from ._replicas import StickyWindow
 from .decorators import CURRENT_SESSION, transactional
 from .errors import (
     CommitOutcomeUnknownError,
@@ -51,6 +52,7 @@ __all__ = [
     "Propagation",
     "ServerTimingMiddleware",
     "SessionFinishedError",
+    "StickyWindow",
     "TransactionExistsError",
     "UnexpectedRollbackError",
     "compose_lifespans",

@@ -9,7 +9,7 @@ the commit policy are validated. Nothing here creates an engine or does I/O.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from . import _drivers, _engines, _urls
 from ._recording import Observability
+from ._replicas import StickyWindow, check_sticky, pair_replicas
 from .errors import ConfigurationError
 from .propagation import CommitPolicy, check_policy, check_statuses
 
@@ -42,6 +43,9 @@ class Config:
     session_class: type[Session]
     async_session_class: type[AsyncSession] | None
     commit_policy: CommitPolicy
+    replica_urls: tuple[tuple[URL | None, URL | None], ...] = ()
+    """Each read replica as (sync URL, async URL); a side that cannot be derived is None."""
+    sticky_window: StickyWindow | None = None
     engine: Engine | None = None
     """An engine the user built: used as it is, and disposed only if asked."""
     async_engine: AsyncEngine | None = None
@@ -72,6 +76,7 @@ class Config:
             async_url=async_url,
             engine=None,
             async_engine=None,
+            replica_urls=(),
         )
 
     def with_engines(self, engine: Engine | None, async_engine: AsyncEngine | None) -> Config:
@@ -94,6 +99,7 @@ class Config:
             engine=engine,
             async_engine=async_engine,
             dispose_engines=False,  # the test's engines: the app's shutdown leaves them alone
+            replica_urls=(),
         )
 
     def is_given(self, engine: object) -> bool:
@@ -120,6 +126,8 @@ def build_config(
     session_class: type[Session],
     async_session_class: type[AsyncSession] | None,
     commit_policy: CommitPolicy,
+    replica_urls: Sequence[str | URL] = (),
+    sticky_window: StickyWindow | None = None,
     engine: Engine | None = None,
     async_engine: AsyncEngine | None = None,
     dispose_engines: bool = False,
@@ -204,6 +212,8 @@ def build_config(
         ),
         pgbouncer=pgbouncer,
         unshared_connect_args=unshared if async_engine_options is None else (),
+        replica_urls=pair_replicas(replica_urls),
+        sticky_window=check_sticky(sticky_window, replica_urls),
     )
     for side_url, options in (
         (config.url, config.engine_options),

@@ -19,16 +19,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio.to_thread
-from sqlalchemy import create_engine
+import sqlalchemy
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import _compat, _engines, _holds, _pressure, _urls
+from . import _compat, _engines, _pressure, _urls
 from ._capacity import CapacityGate
 from ._config import Config
 from ._pressure import PoolStatus
-from ._recording import QueryRecorder
+from ._replicas import ReplicaSet
 from ._sessions import guarded_async_session_class, guarded_session_class
+from ._watchers import Watchers
 from .errors import ConfigurationError, PoolTimeoutError
 
 if TYPE_CHECKING:
@@ -72,13 +73,9 @@ class Database:
         self._gate: CapacityGate | None = None
         self._gate_built = False
         self._binding: Binding | None = None
+        self._replicas = _replica_set(config, self._engine_created)
         _ALL.add(self)
-        self.recorder: QueryRecorder | None = (
-            QueryRecorder(config.observability, config.name)
-            if config.observability.watches_queries
-            else None
-        )
-        """The statement listeners (None: query recording and the slow-query log are off)."""
+        self.watchers = Watchers(config.observability, config.name)  # all opt-in
 
     def __repr__(self) -> str:
         return f"DatabaseSessionManager({self._config.describe()})"
@@ -112,11 +109,11 @@ class Database:
     def _create_engine(self) -> Engine:
         if self._config.engine is not None:
             return self._config.engine  # the user's, used as it is
-        url = self._require(self._config.url, side="sync")
+        url = _require(self, self._config.url, side="sync")
         engine = _engines.create(
-            create_engine,
+            sqlalchemy.create_engine,  # looked up now: instrumentation may have wrapped it
             url,
-            self._config.engine_options,
+            self.watchers.engine_options(self._config.engine_options, is_async=False),
             side="sync",
             pgbouncer=self._config.pgbouncer,
         )
@@ -126,7 +123,7 @@ class Database:
     def _create_async_engine(self) -> AsyncEngine:
         if self._config.async_engine is not None:
             return self._config.async_engine
-        url = self._require(self._config.async_url, side="async")
+        url = _require(self, self._config.async_url, side="async")
         create_async_engine = _compat.require_asyncio().create_async_engine
         options = self._config.async_engine_options
         if self._config.unshared_connect_args:
@@ -138,18 +135,30 @@ class Database:
                 url.get_driver_name(),
             )
         engine: AsyncEngine = _engines.create(
-            create_async_engine, url, options, side="async", pgbouncer=self._config.pgbouncer
+            create_async_engine,
+            url,
+            self.watchers.engine_options(options, is_async=True),
+            side="async",
+            pgbouncer=self._config.pgbouncer,
         )
         self._engine_created(engine.sync_engine, side="async")
         return engine
 
     def _engine_created(self, engine: Engine, *, side: str) -> None:
         """Install what watches a new engine (the sync one, or an async engine's sync one)."""
-        if self.recorder is not None:
-            self.recorder.install(engine)
+        self.watchers.engine_created(engine)
         threshold = self._config.pool_saturation_warning
         if threshold is not None:
             _pressure.install_saturation_warning(engine, threshold, side=side)
+
+    def add_engine_hook(self, hook: Callable[[Engine], object]) -> None:
+        """Call ``hook`` with every engine from now on (re-created ones too), and those alive."""
+        with self._lock:
+            self.watchers.engine_hooks.append(hook)
+            alive = [self._engine, self._async_engine and self._async_engine.sync_engine]
+        for engine in alive:
+            if engine is not None:
+                hook(engine)  # type: ignore[arg-type]
 
     def pool_status(self) -> dict[str, PoolStatus]:
         """A snapshot of each created engine's pool, by side (no engine is created for it)."""
@@ -161,21 +170,6 @@ class Database:
             pool = self._async_engine.sync_engine.pool
             statuses["async"] = _pressure.pool_status(pool, side="async", gate=None)
         return statuses
-
-    def _require(self, url: URL | None, *, side: str) -> URL:
-        if url is not None:
-            return url
-        if side == "sync":
-            raise ConfigurationError(
-                f"{self!r} has no sync URL and none can be derived from its async side. Pass "
-                "url= (e.g. postgresql+psycopg://...) or engine=, or use db.async_session / "
-                "db.async_transaction()."
-            )
-        raise ConfigurationError(
-            f"{self!r} has no async URL and none can be derived from its sync side. Pass "
-            "async_url= (e.g. postgresql+asyncpg://...) or async_engine=, or use the sync API "
-            "(db.session / db.transaction())."
-        )
 
     def dialect_name(self, *, is_async: bool) -> str:
         """The SQLAlchemy dialect of one side (``"postgresql"``, ``"mysql"``, ...)."""
@@ -248,11 +242,12 @@ class Database:
             self._async_factory = factory
         return factory
 
-    def new_session(self, *, autocommit: bool = False) -> Session:
+    def new_session(self, *, autocommit: bool = False, read: bool = False) -> Session:
         """A new sync session (inside the test's outer transaction while one is bound).
 
         Args:
             autocommit: Every statement commits at once: units that run without a transaction.
+            read: Read-only work: with read replicas, its reads go to one of them.
         """
         if self._binding is not None:
             return self._binding.session()
@@ -262,10 +257,13 @@ class Database:
             )
         else:
             session = self.session_factory()
-        self._watch(session)
+            self._replicas.route(session, read=read, key=id(self))
+        self.watchers.session_created(session)
         return session
 
-    async def async_new_session(self, *, autocommit: bool = False) -> AsyncSession:
+    async def async_new_session(
+        self, *, autocommit: bool = False, read: bool = False
+    ) -> AsyncSession:
         """Async twin of :meth:`new_session`."""
         if self._binding is not None:
             return await self._binding.async_session()
@@ -275,13 +273,9 @@ class Database:
             )
         else:
             session = self.async_session_factory()
-        self._watch(session.sync_session)
+            self._replicas.route(session.sync_session, read=read, key=id(self))
+        self.watchers.session_created(session.sync_session)
         return session
-
-    def _watch(self, session: Session) -> None:
-        threshold = self._config.observability.hold_warning_threshold
-        if threshold is not None:
-            _holds.watch(session, threshold, self._config.name)
 
     # -- test binding --------------------------------------------------------------------
 
@@ -312,6 +306,7 @@ class Database:
         if engine is not None and (given_too or not self._config.is_given(engine)):
             engine.dispose()
             logger.info("disposed sync engine for %s", _urls.render(engine.url))
+        self._replicas.dispose()
 
     async def async_dispose(self, *, given_too: bool = True) -> None:
         """Close every pooled connection of the async engine (it is recreated on next use)."""
@@ -319,6 +314,7 @@ class Database:
         if engine is not None and (given_too or not self._config.is_given(engine)):
             await engine.dispose()
             logger.info("disposed async engine for %s", _urls.render(engine.url))
+        await self._replicas.async_dispose()
 
     def _take_async_engine(self) -> AsyncEngine | None:
         with self._lock:
@@ -335,7 +331,10 @@ class Database:
         engine = self._take_async_engine()
         if engine is not None and not self._config.is_given(engine):
             _dispose_outside_loop(engine)
+        for replica in self._replicas.take_async_engines():
+            _dispose_outside_loop(replica)
         self._config = config
+        self._replicas = _replica_set(config, self._engine_created)
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's pooled connections, never touching them.
@@ -347,6 +346,7 @@ class Database:
         for engine in (self._engine, self._async_engine):
             if engine is not None:
                 getattr(engine, "sync_engine", engine).dispose(close=False)
+        self._replicas.after_fork()
         self._gate, self._gate_built = None, False
 
     async def shutdown(self) -> None:
@@ -357,6 +357,40 @@ class Database:
         given_too = self._config.dispose_engines
         await self.async_dispose(given_too=given_too)
         await anyio.to_thread.run_sync(lambda: self.dispose(given_too=given_too))
+
+
+def _require(database: Database, url: URL | None, *, side: str) -> URL:
+    """``url``, or the error that says which argument is missing."""
+    if url is not None:
+        return url
+    if side == "sync":
+        raise ConfigurationError(
+            f"{database!r} has no sync URL and none can be derived from its async side. Pass "
+            "url= (e.g. postgresql+psycopg://...) or engine=, or use db.async_session / "
+            "db.async_transaction()."
+        )
+    raise ConfigurationError(
+        f"{database!r} has no async URL and none can be derived from its sync side. Pass "
+        "async_url= (e.g. postgresql+asyncpg://...) or async_engine=, or use the sync API "
+        "(db.session / db.transaction())."
+    )
+
+
+def _replica_set(config: Config, engine_created: Callable[..., None]) -> ReplicaSet:
+    """The replicas of ``config``, their engines made with the primary's options per side."""
+
+    def create(url: URL, *, is_async: bool) -> Engine:
+        if is_async:
+            factory = _compat.require_asyncio().create_async_engine
+            options, side = config.async_engine_options, "async"
+        else:
+            factory, options, side = sqlalchemy.create_engine, config.engine_options, "sync"
+        engine = _engines.create(factory, url, options, side=side, pgbouncer=config.pgbouncer)
+        sync_engine: Engine = getattr(engine, "sync_engine", engine)
+        engine_created(sync_engine, side=f"{side} replica")
+        return sync_engine
+
+    return ReplicaSet(config.replica_urls, create)
 
 
 _ALL: weakref.WeakSet[Database] = weakref.WeakSet()

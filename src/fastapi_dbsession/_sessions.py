@@ -1,12 +1,15 @@
 """Build the session classes a manager hands out, with the library's guards built in.
 
-Two guards, written once on the sync ``Session`` (which ``AsyncSession`` proxies):
+Two guards and a router hook, written once on the sync ``Session`` (which ``AsyncSession`` proxies):
 
 - a *finished* request session refuses to begin a new transaction, so a background task or a
   streaming body that touches it gets a clear error instead of a silent new connection;
 - an ``AsyncSession`` refuses to start an operation while another task is inside one, so
   ``asyncio.gather`` over a shared session fails at once with our message, not later with a
   driver error ("another operation is in progress").
+
+- ``get_bind`` asks the session's router (``session.info[ROUTER]``, set by a manager with read
+  replicas) where each statement goes; sessions without one bind as their class would.
 
 Each user class (``Session``, ``sqlmodel.Session``, ...) gets one cached subclass that only
 adds these guards; ``isinstance`` checks against the user's class keep working.
@@ -43,6 +46,9 @@ ENDED_MESSAGE = (
     'work, or open a new one: "with db.transaction() as session:" / "async with '
     'db.async_transaction() as session:".'
 )
+
+ROUTER = "fastapi_dbsession.router"
+"""``session.info`` key: the :class:`~fastapi_dbsession._replicas.Router` of the session."""
 
 _S = TypeVar("_S", bound=Session)
 _A = TypeVar("_A", bound="AsyncSession")
@@ -87,11 +93,24 @@ def _refuse_finished(session: Session, transaction: SessionTransaction) -> None:
         raise SessionFinishedError(message)
 
 
+def _routed_get_bind(base: type[Session]) -> Callable[..., Any]:
+    """``get_bind`` of the guarded subclass: the router, if any, chooses among the binds."""
+
+    def get_bind(self: Any, mapper: Any = None, *, clause: Any = None, **kw: Any) -> Any:
+        default = base.get_bind(self, mapper, clause=clause, **kw)
+        router = self.info.get(ROUTER)
+        if router is None or kw.get("bind") is not None:
+            return default
+        return router.bind_for(default, clause, flushing=self._flushing)
+
+    return get_bind
+
+
 def guarded_session_class(base: type[_S]) -> type[_S]:
     """Return the subclass of ``base`` that refuses to restart once finished."""
     cls = _sync_classes.get(base)
     if cls is None:
-        cls = _named_like(base, base, {})
+        cls = _named_like(base, base, {"get_bind": _routed_get_bind(base)})
         event.listen(cls, "after_transaction_create", _refuse_finished)
         _sync_classes[base] = cls
     return cls  # type: ignore[return-value]

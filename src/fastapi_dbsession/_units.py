@@ -54,10 +54,12 @@ logger = logging.getLogger(__name__)
 
 
 class NewSession(NamedTuple):
-    """Open a session (``autocommit``: every statement commits at once)."""
+    """Open a session (``autocommit``: every statement commits at once; ``read``: read-only
+    work, which goes to a read replica when there are some)."""
 
     database: Database
     autocommit: bool
+    read: bool = False
 
 
 class Connect(NamedTuple):
@@ -202,7 +204,7 @@ def _enter(
     if action is Action.BEGIN:
         assert database is not None
         _check_second_connection(database, frames, is_async=is_async)
-        session = yield NewSession(database, False)
+        session = yield NewSession(database, False, options.read_only)
         root = Root(session=session, owns_session=True)
         yield from _apply_options(root, options, database)
         return Frame(database=database, root=root, parent=parent)
@@ -462,7 +464,8 @@ def _finish(step: Finish) -> None:
 
 
 def _new_async_session(step: NewSession) -> object:
-    return await_only(step.database.async_new_session(autocommit=step.autocommit))
+    database = step.database
+    return await_only(database.async_new_session(autocommit=step.autocommit, read=step.read))
 
 
 # Both tables act on the sync Session (an AsyncSession's sync_session, inside the greenlet);
@@ -481,7 +484,7 @@ _SHARED_STEPS: Mapping[type, Callable[[Any], object]] = {
 
 SYNC_STEPS: Mapping[type, Callable[[Any], object]] = {
     **_SHARED_STEPS,
-    NewSession: lambda step: step.database.new_session(autocommit=step.autocommit),
+    NewSession: lambda step: step.database.new_session(autocommit=step.autocommit, read=step.read),
     CallHook: _call_from_sync,
 }
 

@@ -9,6 +9,7 @@ client a 2xx.)
 
 # No "from __future__ import annotations" here: FastAPI reads these signatures at runtime.
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from contextlib import AsyncExitStack
@@ -28,10 +29,12 @@ from ._capacity import CapacityGate
 from ._database import Database
 from ._frames import Frame, Root, frames_of, sync_view
 from ._holds import hold_of
+from ._outage import unavailable_cause, unavailable_message
 from ._recording import QueryStats, request_label
+from ._replicas import Writes, enter_request
 from ._sessions import has_work, is_busy
 from ._units import async_drive, drive, finish_root
-from .errors import PoolTimeoutError
+from .errors import DatabaseUnavailableError, PoolTimeoutError
 from .propagation import CommitPolicy, should_commit
 
 if TYPE_CHECKING:
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SCOPE_KEY = "fastapi_dbsession.commit_policy"
+_WRITES_KEY = "fastapi_dbsession.writes"
 
 RETRY_AFTER_SECONDS = 1
 """The ``Retry-After`` of a request that found no free connection: the overload is short-lived."""
@@ -68,28 +72,62 @@ class PoolTimeoutResponse(PoolTimeoutError, HTTPException):
         return str(self.args[0])
 
 
+class DatabaseUnavailableResponse(DatabaseUnavailableError, HTTPException):
+    """A :class:`DatabaseUnavailableError` that FastAPI answers with 503 and ``Retry-After``.
+
+    Raised to the app when a request failed because the database could not be reached: a
+    connect failed (a failover: the old primary is gone, the standby not yet promoted) or the
+    connection was lost under a statement. The request was rolled back, nothing committed, so
+    the client may retry. An app handler for ``DatabaseUnavailableError`` or ``DBSessionError``
+    wins, as for :class:`PoolTimeoutResponse`.
+    """
+
+    def __init__(self, message: str) -> None:
+        DatabaseUnavailableError.__init__(self, message)
+        HTTPException.__init__(
+            self,
+            status_code=503,
+            detail="The database is unavailable. Retry shortly.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 BUSY_LOG_INTERVAL = 10.0
-"""Seconds between two "answered 503" log lines; the ones in between are counted."""
-_busy_log = {"last": -BUSY_LOG_INTERVAL, "quiet": 0}
+"""Seconds between two "answered 503" log lines of one kind; the ones in between are counted."""
+_log_503_state: dict[str, tuple[float, int]] = {}  # kind -> (last line, lines held back)
+
+
+def _log_503(kind: str, message: str) -> None:
+    """Log an "answered 503" line, at most one per kind every ``BUSY_LOG_INTERVAL`` seconds."""
+    now = time.monotonic()
+    last, quiet = _log_503_state.get(kind, (-BUSY_LOG_INTERVAL, 0))
+    if now - last >= BUSY_LOG_INTERVAL:
+        _log_503_state[kind] = (now, 0)
+        more = f" ({quiet} more since the last line)" if quiet else ""
+        logger.warning("answered 503 with Retry-After: %s%s", message, more)
+    else:
+        _log_503_state[kind] = (last, quiet + 1)
 
 
 def _busy(message: str) -> PoolTimeoutResponse:
     """The 503 for a request that found no free connection, logged (rate-limited)."""
-    now = time.monotonic()
-    if now - _busy_log["last"] >= BUSY_LOG_INTERVAL:
-        quiet = int(_busy_log["quiet"])
-        _busy_log["last"], _busy_log["quiet"] = now, 0
-        more = f" ({quiet} more since the last line)" if quiet else ""
-        logger.warning("answered 503 with Retry-After: %s%s", message, more)
-    else:
-        _busy_log["quiet"] += 1
+    _log_503("busy", message)
     return PoolTimeoutResponse(message)
 
 
 def _as_response(database: Database, error: BaseException, *, is_async: bool) -> BaseException:
-    """``error`` itself, or the 503 form of it when no connection became free in time."""
-    if isinstance(error, PoolTimeoutResponse):
+    """``error`` itself, or its 503 form: no connection became free in time, or the database
+    could not be reached."""
+    if isinstance(error, (PoolTimeoutResponse, DatabaseUnavailableResponse)):
         return error
+    unavailable = unavailable_cause(error)
+    if unavailable is not None:
+        message = unavailable_message(unavailable)
+        _log_503("unavailable", message)
+        return DatabaseUnavailableResponse(message)
     if isinstance(error, PoolTimeoutError):
         return _busy(str(error))
     if isinstance(error, sqlalchemy.exc.TimeoutError):  # the pool's own checkout timeout
@@ -156,10 +194,40 @@ def _status(connection: HTTPConnection, response: Response) -> int | None:
     return declared if isinstance(declared, int) else None
 
 
+def _enter_writes(connection: HTTPConnection, response: Response, database: Database) -> None:
+    """Give the request its record of writes (read-your-writes across its sessions), once."""
+    if not database.config.replica_urls or database.is_bound:
+        return
+    store: dict[int, Writes] = connection.scope.setdefault(_WRITES_KEY, {})
+    enter_request(store)
+    if id(database) in store:
+        return
+    writes = store[id(database)] = Writes()
+    sticky = database.config.sticky_window
+    if sticky is None:
+        return
+    carried = connection.cookies.get(sticky.cookie) if sticky.cookie else None
+    if sticky.header:
+        carried = connection.headers.get(sticky.header)
+    writes.wrote = sticky.is_open(carried, time.time())
+
+    def mark_client() -> None:  # the first write of this request: open the client's window
+        until = f"{time.time() + sticky.seconds:.3f}"
+        if sticky.cookie:
+            # Max-Age counts whole seconds (and cookie jars round "now" down): one more second
+            # than the window; the value itself is what decides (StickyWindow.is_open).
+            max_age = math.ceil(sticky.seconds) + 1
+            response.set_cookie(sticky.cookie, until, max_age=max_age, httponly=True)
+        else:
+            response.headers[sticky.header or ""] = until
+
+    writes.on_first_write = mark_client
+
+
 _Opened = tuple[
     Any,
     Frame,
-    "Token[Frame | None]",
+    "Token[Frame | None] | None",
     CapacityGate | None,
     "tuple[QueryStats, Token[QueryStats | None]] | None",
 ]
@@ -168,29 +236,34 @@ _Opened = tuple[
 class _RequestUnit:
     """Open and end the request transaction of one database, for one side (sync or async).
 
-    Both ways of hooking into FastAPI (below) use this one implementation.
+    Both ways of hooking into FastAPI (below) use this one implementation. A read unit
+    (``db.read_session``) never commits and is not the context's unit: ``@transactional`` and
+    ``db.transaction()`` never join it.
     """
 
-    __slots__ = ("database", "dependency", "frames", "is_async")
+    __slots__ = ("database", "dependency", "frames", "is_async", "is_read")
 
-    def __init__(self, database: Database, *, is_async: bool) -> None:
+    def __init__(self, database: Database, *, is_async: bool, is_read: bool = False) -> None:
         self.database = database
         self.is_async = is_async
+        self.is_read = is_read
         self.frames = frames_of(is_async=is_async)
         self.dependency: Callable[..., Any] | None = None  # what routes name in Depends()
 
-    async def open(self, connection: HTTPConnection) -> _Opened:
+    async def open(self, connection: HTTPConnection, response: Response) -> _Opened:
         """Take a pool permit (sync), make the session and make it the context's unit."""
         database = self.database
+        _enter_writes(connection, response, database)
+        read = self.is_read or _route_rule(connection, database)[0] == "read_only"
         gate = None if self.is_async else database.capacity_gate()
-        if gate is not None and not await gate.acquire(gate.timeout):
-            raise _busy(gate.timeout_message)
+        if gate is not None:
+            await _pass(gate, database.watchers.gate_observers)
         session: Any
         try:
             if self.is_async:
-                session = await database.async_new_session()
+                session = await database.async_new_session(read=read)
             else:
-                session = database.new_session()
+                session = database.new_session(read=read)
         except BaseException:
             if gate is not None:
                 gate.release()
@@ -200,12 +273,13 @@ class _RequestUnit:
             root=Root(session=session, owns_session=True, is_request=True),
             parent=self.frames.get(),
         )
+        token = None if self.is_read else self.frames.set(frame)
         recording = None
-        if database.recorder is not None:
-            recording = database.recorder.start(_label(connection), connection.scope)
-        if database.config.observability.hold_warning_threshold is not None:
+        if database.watchers.recorder is not None:
+            recording = database.watchers.recorder.start(_label(connection), connection.scope)
+        if database.watchers.hold_threshold is not None:
             self._describe_hold(session, connection)
-        return session, frame, self.frames.set(frame), gate, recording
+        return session, frame, token, gate, recording
 
     def _describe_hold(self, session: object, connection: HTTPConnection) -> None:
         """Name the request and the dependency that asked for its session, for hold warnings."""
@@ -227,26 +301,46 @@ class _RequestUnit:
 
         Raises:
             PoolTimeoutResponse: ``error`` was a pool checkout timeout: the client gets a 503.
+            DatabaseUnavailableResponse: the endpoint failed because the database could not
+                be reached (a failover, a restart): rolled back, the client gets a 503.
         """
         _, frame, token, gate, recording = opened
         try:
             policy, statuses = _route_rule(connection, self.database)
+            if self.is_read:
+                policy = "read_only"
             status = _status(connection, response)
             commit = error is None and should_commit(policy, None, status, statuses)
             await _finish(frame, commit, is_async=self.is_async)
             if error is None:
                 logger.debug("request session %s", "committed" if commit else "rolled back")
         finally:
-            self.frames.reset(token)
+            if token is not None:
+                self.frames.reset(token)
             if gate is not None:
                 gate.release()
             if recording is not None:
-                assert self.database.recorder is not None
-                self.database.recorder.stop(*recording)
+                assert self.database.watchers.recorder is not None
+                self.database.watchers.recorder.stop(*recording)
         if error is not None:
             replacement = _as_response(self.database, error, is_async=self.is_async)
             if replacement is not error:
                 raise replacement from error
+
+
+async def _pass(gate: CapacityGate, observers: list[Callable[[float, bool], object]]) -> None:
+    """Take a permit from the pool gate, telling the observers (metrics) how long it took."""
+    if not observers:
+        if not await gate.acquire(gate.timeout):
+            raise _busy(gate.timeout_message)
+        return
+    started = time.perf_counter()
+    acquired = await gate.acquire(gate.timeout)
+    waited = time.perf_counter() - started
+    for observer in observers:
+        observer(waited, acquired)
+    if not acquired:
+        raise _busy(gate.timeout_message)
 
 
 def _asked_by(route: object, dependency: object) -> str:
@@ -279,7 +373,9 @@ def _label(connection: HTTPConnection) -> str:
     )
 
 
-def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., Awaitable[Any]]:
+def _request_dependency(
+    database: Database, *, is_async: bool, is_read: bool = False
+) -> Callable[..., Awaitable[Any]]:
     """Build ``db.session`` / ``db.async_session``.
 
     Where FastAPI keeps its function-scoped exit stack in the request scope (0.121 and later,
@@ -288,13 +384,13 @@ def _request_dependency(database: Database, *, is_async: bool) -> Callable[..., 
     dependency ends, without a second dependency level or a generator per request. Otherwise
     it is a plain dependency over a ``scope="function"`` yield dependency.
     """
-    unit = _RequestUnit(database, is_async=is_async)
+    unit = _RequestUnit(database, is_async=is_async, is_read=is_read)
     if FUNCTION_STACK_KEY is None:
         return _nested_dependency(unit)
 
     async def request_session(connection: HTTPConnection, response: Response) -> Any:
         stack: AsyncExitStack = connection.scope[FUNCTION_STACK_KEY]
-        opened = await unit.open(connection)
+        opened = await unit.open(connection, response)
 
         async def end(
             kind: type[BaseException] | None, error: BaseException | None, traceback: object
@@ -315,7 +411,7 @@ def _nested_dependency(unit: _RequestUnit) -> Callable[..., Awaitable[Any]]:
     async def request_session_scope(
         connection: HTTPConnection, response: Response
     ) -> AsyncIterator[Any]:
-        opened = await unit.open(connection)
+        opened = await unit.open(connection, response)
         try:
             yield opened[0]
         except BaseException as error:
@@ -367,3 +463,13 @@ def session_dependency(database: Database) -> Callable[..., Awaitable[Session]]:
 def async_session_dependency(database: Database) -> "Callable[..., Awaitable[AsyncSession]]":
     """Build ``db.async_session``: the request's AsyncSession, finished before the response."""
     return _request_dependency(database, is_async=True)
+
+
+def read_session_dependency(database: Database) -> Callable[..., Awaitable[Session]]:
+    """Build ``db.read_session``: a read-only request session (a replica when there are some)."""
+    return _request_dependency(database, is_async=False, is_read=True)
+
+
+def async_read_session_dependency(database: Database) -> "Callable[..., Awaitable[AsyncSession]]":
+    """Build ``db.async_read_session``: the async twin of ``db.read_session``."""
+    return _request_dependency(database, is_async=True, is_read=True)

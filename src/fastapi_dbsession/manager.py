@@ -17,7 +17,9 @@ from ._database import Database
 from ._facets.context import ContextFacet
 from ._facets.observability import ObservabilityFacet
 from ._facets.operations import OperationsFacet
+from ._facets.replicas import ReplicasFacet
 from ._probes import Prober
+from ._replicas import StickyWindow
 from .decorators import P, R, TransactionalDecorator
 from .errors import DBSessionWarning
 from .propagation import CommitPolicy, Propagation, check_policy, check_statuses, make_options
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from .settings import DatabaseSettings
 
 
-class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet):
+class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet, ReplicasFacet):
     """Own the engines and sessions of one database for a FastAPI app.
 
     Build one per database at import time, hand ``db.lifespan`` to FastAPI, and ask for the
@@ -52,6 +54,8 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet):
         async_session_class: The async one, e.g. ``sqlmodel.ext.asyncio.session.AsyncSession``.
         commit_policy: What request sessions do when the endpoint succeeds: ``"commit"``
             (default), ``"manual"`` or ``"read_only"``; per route: ``db.commit_policy(...)``.
+        replica_urls: Read replicas (sync or asyncio URLs); read-only work reads from them.
+        sticky_window: A :class:`StickyWindow`: a client's reads stay on the primary after a write.
         commit_statuses: Under ``"commit"``, the statuses of a returned response that commit,
             e.g. ``range(200, 300)``; default: every status below 400. Raising always rolls back.
         engine: An ``Engine`` you built (custom ``creator``, shared with Alembic or a CLI),
@@ -102,6 +106,8 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet):
         session_class: type[Session] = Session,
         async_session_class: type[AsyncSession] | None = None,
         commit_policy: CommitPolicy = "commit",
+        replica_urls: Sequence[str | URL] = (),
+        sticky_window: StickyWindow | None = None,
         commit_statuses: Container[int] | None = None,
         engine: Engine | None = None,
         async_engine: AsyncEngine | None = None,
