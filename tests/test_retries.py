@@ -9,6 +9,8 @@ attempt).
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import insert, select, text, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -96,13 +98,15 @@ def _make_transfer(db: DatabaseSessionManager, dialect: str, retries: int, hooks
     return transfer
 
 
-def _run_sync(db: DatabaseSessionManager, dialect: str, retries: int) -> tuple[int, list[str]]:
+def _run_sync(
+    db: DatabaseSessionManager, dialect: str, retries: int
+) -> tuple[list[BaseException], list[str]]:
     hooks: list[str] = []
     transfer = _make_transfer(db, dialect, retries, hooks)
     barriers = {}
     for n in range(PAIRS):
         barriers[n] = threading.Barrier(2)
-    failures = 0
+    failures: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=2 * PAIRS) as pool:
         futures = [
             pool.submit(transfer, source=source, target=target, barrier=barriers[index // 2])
@@ -111,26 +115,53 @@ def _run_sync(db: DatabaseSessionManager, dialect: str, retries: int) -> tuple[i
         for future in futures:
             try:
                 future.result(timeout=60)
-            except DBAPIError:
-                failures += 1
+            except DBAPIError as error:
+                failures.append(error)
     db.dispose()
     return failures, hooks
 
 
 def test_sync_transfers_fail_without_retries_and_all_succeed_with_them(
-    contended: Backend,
+    contended: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
     _seed(contended)
     dialect = contended.name
     db = DatabaseSessionManager(contended.url, engine_options={"pool_size": 2 * PAIRS})
 
+    caplog.set_level(logging.WARNING, logger="fastapi_dbsession.retries")
     failures, hooks = _run_sync(db, dialect, retries=0)
-    _check(contended, "sync", 0, failures, hooks)
+    _check(contended, "sync", 0, failures, hooks, caplog)
     failures, hooks = _run_sync(db, dialect, retries=10)
-    _check(contended, "sync", 10, failures, hooks)
+    _check(contended, "sync", 10, failures, hooks, caplog)
 
 
-def _check(backend: Backend, side: str, retries: int, failures: int, hooks: list[str]) -> None:
+# the codes the contention really produces: PostgreSQL SERIALIZABLE reads then updates (a
+# serialization failure, or a deadlock when the two updates cross); MariaDB locks rows in
+# opposite orders (a deadlock, 1213)
+EXPECTED_CODES = {"postgresql": {"40001", "40P01"}, "mariadb": {1213}}
+
+
+def _logged_code(record: logging.LogRecord) -> object:
+    """The error number a retry log line names (MariaDB), else its SQLSTATE."""
+    number = re.search(r"error (\d+)\)", record.getMessage())
+    return int(number.group(1)) if number else record.sqlstate  # type: ignore[attr-defined]
+
+
+def _check(  # noqa: PLR0917 - the figures of one run
+    backend: Backend,
+    side: str,
+    retries: int,
+    errors: list[BaseException],
+    hooks: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failures = len(errors)
+    retried = [
+        r
+        for r in caplog.records
+        if r.name == "fastapi_dbsession.retries" and "retrying in" in r.getMessage()
+    ]
+    caplog.clear()
     attempts = hooks.count("attempt")
     committed = [hook for hook in hooks if hook != "attempt"]
     print(  # the figures for the record: pytest -s tests/test_retries.py
@@ -140,16 +171,22 @@ def _check(backend: Backend, side: str, retries: int, failures: int, hooks: list
     assert _total(backend) == START * 2 * PAIRS  # the invariant holds exactly
     if retries == 0:
         assert failures >= 1  # the contention is real
+        assert {_code(error) for error in errors} <= EXPECTED_CODES[backend.name]
+        assert retried == []
+        assert attempts == 2 * PAIRS  # nothing re-ran
         assert len(committed) == 2 * PAIRS - failures
     else:
         assert failures == 0
-        assert attempts > 2 * PAIRS  # some transfers really were re-run
+        assert retried  # the contention is real here too
+        assert attempts == 2 * PAIRS + len(retried)  # one re-run per logged conflict, no more
+        codes = {_logged_code(record) for record in retried}
+        assert codes <= EXPECTED_CODES[backend.name]
         assert sorted(committed) == sorted(f"{s}->{t}" for s, t in _plan())  # each hook once
 
 
 async def _run_async(
     db: DatabaseSessionManager, dialect: str, retries: int
-) -> tuple[int, list[str]]:
+) -> tuple[list[BaseException], list[str]]:
     hooks: list[str] = []
     isolation = "SERIALIZABLE" if dialect == "postgresql" else None
     attempted: set[str] = set()
@@ -190,18 +227,219 @@ async def _run_async(
         r for r in results if isinstance(r, BaseException) and not isinstance(r, DBAPIError)
     ]
     assert unexpected == []
-    return sum(isinstance(r, DBAPIError) for r in results), hooks
+    return [r for r in results if isinstance(r, DBAPIError)], hooks
 
 
 def test_async_transfers_fail_without_retries_and_all_succeed_with_them(
-    contended: Backend,
+    contended: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
     _seed(contended)
     db = DatabaseSessionManager(
         async_url=contended.async_url, async_engine_options={"pool_size": 2 * PAIRS}
     )
 
+    caplog.set_level(logging.WARNING, logger="fastapi_dbsession.retries")
     failures, hooks = asyncio.run(_run_async(db, contended.name, retries=0))
-    _check(contended, "async", 0, failures, hooks)
+    _check(contended, "async", 0, failures, hooks, caplog)
     failures, hooks = asyncio.run(_run_async(db, contended.name, retries=10))
-    _check(contended, "async", 10, failures, hooks)
+    _check(contended, "async", 10, failures, hooks, caplog)
+
+
+# -- exact figures, one conflict at a time ----------------------------------------------------
+# Each unit below meets a real server error, produced by a second connection, on the attempts
+# the test chooses: the attempt count is exact, and so is the code that was (or was not)
+# retried.
+
+
+def _code(error: BaseException) -> object:
+    """The error number (MariaDB) or the SQLSTATE (PostgreSQL) of a SQLAlchemy error."""
+    orig = getattr(error, "orig", None)
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0]
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+def _bump(backend: Backend, owner: str) -> None:
+    """Another connection changes the row and commits."""
+    engine = backend.admin_engine()
+    with engine.begin() as connection:
+        connection.execute(
+            update(Account).where(Account.owner == owner).values(balance=Account.balance + 1)
+        )
+    engine.dispose()
+
+
+def _seed_one(backend: Backend) -> None:
+    engine = backend.admin_engine()
+    with engine.begin() as connection:
+        connection.execute(insert(Account), [{"owner": "a", "balance": START}])
+    engine.dispose()
+
+
+def _manager(backend: Backend, side: str) -> DatabaseSessionManager:
+    if side == "sync":
+        return DatabaseSessionManager(backend.url)
+    return DatabaseSessionManager(async_url=backend.async_url)
+
+
+def _call(db: DatabaseSessionManager, side: str, unit: Any) -> BaseException | None:
+    """Run the unit on its side; return what it raised (None: it committed)."""
+    try:
+        if side == "sync":
+            unit()
+        else:
+
+            async def run() -> None:
+                try:
+                    await unit()
+                finally:
+                    await db.async_dispose()
+
+            asyncio.run(run())
+    except Exception as error:
+        return error
+    finally:
+        db.dispose()
+    return None
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("side", ["sync", "async"])
+@pytest.mark.parametrize(("conflicts", "attempts"), [(1, 2), (2, 3), (5, 3)])
+def test_retries_n_reruns_a_serialization_failure_exactly_n_times(
+    postgres_schema: Any, tmp_path: Any, side: str, conflicts: int, attempts: int
+) -> None:
+    """retries=2 on a unit whose first ``conflicts`` attempts meet a real 40001 (REPEATABLE
+    READ: another connection commits a change to the row between our read and our update):
+    1 conflict -> 2 attempts, committed; 2 -> 3, committed; more -> 3 attempts, then the
+    40001 itself is raised."""
+    backend = Backend(
+        "postgresql", postgres_schema, postgres_schema.set(drivername="postgresql+asyncpg")
+    )
+    _seed_one(backend)
+    db = _manager(backend, side)
+    made: list[int] = []
+    query = select(Account.balance).where(Account.owner == "a")
+    change = update(Account).where(Account.owner == "a").values(balance=Account.balance - 10)
+
+    if side == "sync":
+
+        @db.transactional(retries=2, isolation_level="REPEATABLE READ")
+        def unit(session: Session) -> None:
+            made.append(1)
+            session.scalar(query)  # the snapshot is taken here
+            if len(made) <= conflicts:
+                _bump(backend, "a")
+            session.execute(change)
+
+    else:
+
+        @db.transactional(retries=2, isolation_level="REPEATABLE READ")
+        async def unit(session: AsyncSession) -> None:  # type: ignore[misc]
+            made.append(1)
+            await session.scalar(query)
+            if len(made) <= conflicts:
+                _bump(backend, "a")
+            await session.execute(change)
+
+    try:
+        error = _call(db, side, unit)
+        assert len(made) == attempts
+        bumps = min(conflicts, attempts)
+        if conflicts < attempts:
+            assert error is None
+            assert _scalar(backend, "SELECT balance FROM accounts") == START + bumps - 10
+        else:
+            assert isinstance(error, DBAPIError)
+            assert _code(error) == "40001"
+            assert _scalar(backend, "SELECT balance FROM accounts") == START + bumps
+    finally:
+        _empty(backend)
+
+
+def _empty(backend: Backend) -> None:
+    engine = backend.admin_engine()
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM accounts"))
+        connection.execute(text("DELETE FROM items"))
+    engine.dispose()
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("side", ["sync", "async"])
+@pytest.mark.parametrize(("lock_timeouts", "attempts"), [(False, 1), (True, 2)])
+def test_a_real_lock_wait_timeout_is_retried_only_when_asked(
+    mariadb_schema: Any, side: str, lock_timeouts: bool, attempts: int
+) -> None:
+    """Another connection holds the row's lock for the whole test: each attempt waits 1 s
+    (innodb_lock_wait_timeout) and gets error 1205. retries=1 re-runs it once only with
+    retry_on_lock_timeout=True; either way the 1205 is what the caller finally sees."""
+    backend = Backend("mariadb", mariadb_schema, mariadb_schema.set(drivername="mysql+aiomysql"))
+    _seed_one(backend)
+    db = _manager(backend, side)
+    made: list[int] = []
+    change = update(Account).where(Account.owner == "a").values(balance=Account.balance - 10)
+    short_wait = text("SET SESSION innodb_lock_wait_timeout = 1")
+
+    if side == "sync":
+
+        @db.transactional(retries=1, retry_on_lock_timeout=lock_timeouts)
+        def unit(session: Session) -> None:
+            made.append(1)
+            session.execute(short_wait)
+            session.execute(change)
+
+    else:
+
+        @db.transactional(retries=1, retry_on_lock_timeout=lock_timeouts)
+        async def unit(session: AsyncSession) -> None:  # type: ignore[misc]
+            made.append(1)
+            await session.execute(short_wait)
+            await session.execute(change)
+
+    holder = backend.admin_engine()
+    try:
+        with holder.connect() as holding:
+            holding.execute(select(Account).where(Account.owner == "a").with_for_update())
+            error = _call(db, side, unit)
+            holding.rollback()
+        assert len(made) == attempts
+        assert isinstance(error, DBAPIError)
+        assert _code(error) == 1205
+        assert _scalar(backend, "SELECT balance FROM accounts") == START
+    finally:
+        holder.dispose()
+        _empty(backend)
+
+
+@pytest.mark.parametrize("side", ["sync", "async"])
+def test_a_real_unique_violation_is_never_retried(contended: Backend, side: str) -> None:
+    """retries=3 and a duplicate key (23505 / 1062): one attempt, the IntegrityError raised."""
+    engine = contended.admin_engine()
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO items (name) VALUES ('taken')"))
+    engine.dispose()
+    db = _manager(contended, side)
+    made: list[int] = []
+
+    if side == "sync":
+
+        @db.transactional(retries=3)
+        def unit(session: Session) -> None:
+            made.append(1)
+            session.execute(text("INSERT INTO items (name) VALUES ('taken')"))
+
+    else:
+
+        @db.transactional(retries=3)
+        async def unit(session: AsyncSession) -> None:  # type: ignore[misc]
+            made.append(1)
+            await session.execute(text("INSERT INTO items (name) VALUES ('taken')"))
+
+    error = _call(db, side, unit)
+
+    assert made == [1]
+    assert isinstance(error, IntegrityError)
+    assert _code(error) == ("23505" if contended.name == "postgresql" else 1062)
+    assert contended.count() == 1

@@ -35,6 +35,19 @@ def require_asyncio() -> ModuleType:
     return sqlalchemy.ext.asyncio
 
 
+def require_module(name: str, *, extra: str) -> ModuleType:
+    """Import an optional dependency, or say which extra of ours brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise MissingDriverError(
+            f"This needs the Python module {name!r}, which is not installed. Install it with: "
+            f'pip install "fastapi-dbsession[{extra}]".'
+        ) from None
+
+
 def pool_capacity(pool: Pool) -> int | None:
     """Return how many connections ``pool`` can hand out at once, or None for unbounded."""
     if isinstance(pool, StaticPool):

@@ -19,17 +19,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio.to_thread
-from sqlalchemy import create_engine
+import sqlalchemy
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import _compat, _engines, _holds, _pressure, _urls
+from . import _compat, _engines, _pressure, _urls
 from ._capacity import CapacityGate
 from ._config import Config
 from ._pressure import PoolStatus
-from ._recording import QueryRecorder
 from ._replicas import ReplicaSet
 from ._sessions import guarded_async_session_class, guarded_session_class
+from ._watchers import Watchers
 from .errors import ConfigurationError, PoolTimeoutError
 
 if TYPE_CHECKING:
@@ -75,12 +75,7 @@ class Database:
         self._binding: Binding | None = None
         self._replicas = _replica_set(config, self._engine_created)
         _ALL.add(self)
-        self.recorder: QueryRecorder | None = (
-            QueryRecorder(config.observability, config.name)
-            if config.observability.watches_queries
-            else None
-        )
-        """The statement listeners (None: query recording and the slow-query log are off)."""
+        self.watchers = Watchers(config.observability, config.name)  # all opt-in
 
     def __repr__(self) -> str:
         return f"DatabaseSessionManager({self._config.describe()})"
@@ -116,9 +111,9 @@ class Database:
             return self._config.engine  # the user's, used as it is
         url = _require(self, self._config.url, side="sync")
         engine = _engines.create(
-            create_engine,
+            sqlalchemy.create_engine,  # looked up now: instrumentation may have wrapped it
             url,
-            self._config.engine_options,
+            self.watchers.engine_options(self._config.engine_options, is_async=False),
             side="sync",
             pgbouncer=self._config.pgbouncer,
         )
@@ -140,18 +135,30 @@ class Database:
                 url.get_driver_name(),
             )
         engine: AsyncEngine = _engines.create(
-            create_async_engine, url, options, side="async", pgbouncer=self._config.pgbouncer
+            create_async_engine,
+            url,
+            self.watchers.engine_options(options, is_async=True),
+            side="async",
+            pgbouncer=self._config.pgbouncer,
         )
         self._engine_created(engine.sync_engine, side="async")
         return engine
 
     def _engine_created(self, engine: Engine, *, side: str) -> None:
         """Install what watches a new engine (the sync one, or an async engine's sync one)."""
-        if self.recorder is not None:
-            self.recorder.install(engine)
+        self.watchers.engine_created(engine)
         threshold = self._config.pool_saturation_warning
         if threshold is not None:
             _pressure.install_saturation_warning(engine, threshold, side=side)
+
+    def add_engine_hook(self, hook: Callable[[Engine], object]) -> None:
+        """Call ``hook`` with every engine from now on (re-created ones too), and those alive."""
+        with self._lock:
+            self.watchers.engine_hooks.append(hook)
+            alive = [self._engine, self._async_engine and self._async_engine.sync_engine]
+        for engine in alive:
+            if engine is not None:
+                hook(engine)  # type: ignore[arg-type]
 
     def pool_status(self) -> dict[str, PoolStatus]:
         """A snapshot of each created engine's pool, by side (no engine is created for it)."""
@@ -251,7 +258,7 @@ class Database:
         else:
             session = self.session_factory()
             self._replicas.route(session, read=read, key=id(self))
-        self._watch(session)
+        self.watchers.session_created(session)
         return session
 
     async def async_new_session(
@@ -267,13 +274,8 @@ class Database:
         else:
             session = self.async_session_factory()
             self._replicas.route(session.sync_session, read=read, key=id(self))
-        self._watch(session.sync_session)
+        self.watchers.session_created(session.sync_session)
         return session
-
-    def _watch(self, session: Session) -> None:
-        threshold = self._config.observability.hold_warning_threshold
-        if threshold is not None:
-            _holds.watch(session, threshold, self._config.name)
 
     # -- test binding --------------------------------------------------------------------
 
@@ -382,7 +384,7 @@ def _replica_set(config: Config, engine_created: Callable[..., None]) -> Replica
             factory = _compat.require_asyncio().create_async_engine
             options, side = config.async_engine_options, "async"
         else:
-            factory, options, side = create_engine, config.engine_options, "sync"
+            factory, options, side = sqlalchemy.create_engine, config.engine_options, "sync"
         engine = _engines.create(factory, url, options, side=side, pgbouncer=config.pgbouncer)
         sync_engine: Engine = getattr(engine, "sync_engine", engine)
         engine_created(sync_engine, side=f"{side} replica")
