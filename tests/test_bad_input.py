@@ -194,7 +194,7 @@ CASES = [
     Case("driver-unknown", lambda: DatabaseSessionManager("postgresql+nosuch://h/db"), S, C, "no driver 'nosuch'", use_sync),
     Case("no-double-slash", lambda: DatabaseSessionManager("postgresql//u:pw@h/db"), S, C, 'no "://"'),
     Case("port-not-a-number", lambda: DatabaseSessionManager("postgresql+psycopg://u@h:x/db"), S, C, "port must be a number"),
-    Case("hosts-in-netloc", lambda: DatabaseSessionManager("postgresql+psycopg://u@h1:1,h2:2/db"), S, C, "several hosts"),
+    Case("hosts-port-not-a-number", lambda: DatabaseSessionManager("postgresql+psycopg://u@h1:x,h2:2/db"), S, C, "several hosts"),
     Case("unencoded-at", lambda: DatabaseSessionManager("postgresql+psycopg://u:p@w@h/db"), S, C, "more than one '@'", use_sync),
     Case("userinfo-in-database", lambda: DatabaseSessionManager("mysql+pymysql:///u:pw@h"), S, C, "database name", use_sync),
     Case("sqlite-with-password", lambda: DatabaseSessionManager("sqlite://u:pw@h/x.db"), S, C, "SQLite URLs have no user", use_sync),
