@@ -12,7 +12,7 @@ import logging
 import pytest
 from sqlalchemy import text
 
-from fastapi_dbsession import ConfigurationError, DatabaseSessionManager
+from fastapi_dbsession import ConfigurationError, DatabaseSessionManager, DatabaseSettings
 from tests.clusters import Cluster
 
 ASYNCIO = pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -130,7 +130,7 @@ def test_pgbouncer_on_another_database_is_refused(url: str) -> None:
 
 
 @pytest.mark.topology
-def test_pgbouncer_from_the_environment(
+def test_pgbouncer_from_the_environment_and_the_settings(
     pg_primary: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", pg_primary.url("psycopg").render_as_string())
@@ -142,6 +142,13 @@ def test_pgbouncer_from_the_environment(
             assert raw.prepare_threshold is None  # type: ignore[union-attr]
     finally:
         db.dispose()
+    settings_db = DatabaseSessionManager.from_settings(DatabaseSettings())
+    try:
+        with settings_db.engine.connect() as connection:
+            raw = connection.connection.driver_connection
+            assert raw.prepare_threshold is None  # type: ignore[union-attr]
+    finally:
+        settings_db.dispose()
     monkeypatch.setenv("DATABASE_PGBOUNCER", "maybe")
     with pytest.raises(ConfigurationError, match="DATABASE_PGBOUNCER"):
         DatabaseSessionManager.from_env()

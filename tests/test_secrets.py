@@ -15,6 +15,7 @@ from urllib.parse import quote_plus
 
 import pytest
 from fastapi import Depends, FastAPI
+from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
 from sqlalchemy import URL, text
 from sqlalchemy.orm import Session
@@ -58,7 +59,7 @@ REFUSED = [
     (f"postgresql//u:{SECRET}@h/db", 'no "://"'),
     (f"postgresql:u:{SECRET}@h/db", 'no "://"'),
     (f"u:{SECRET}@h/db", 'no "://"'),
-    (f"postgresql+psycopg://u:{SECRET}@h1:5432,h2:5433/db", "several hosts"),
+    (f"postgresql+psycopg://u:{SECRET}@h1:5x32,h2:5433/db", "several hosts"),
     (f"postgresql+psycopg://u:{SECRET}", "port must be a number"),
     (f"postgresql+psycopg://u:{SECRET}@h:notaport/db", "port must be a number"),
     (f"postgresql+psycopg://u:pa@{SECRET}@h/db", "more than one '@'"),
@@ -147,23 +148,48 @@ def test_query_password_moves_where_sqlalchemy_masks_it() -> None:
     assert SECRET not in repr(db.engine.url)
 
 
-def test_unreachable_server_at_first_use_names_host_and_port() -> None:
-    """No lifespan: the first request's connect fails with our error, the driver's as cause."""
+def test_unreachable_server_at_first_use_names_host_and_port(
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    """No lifespan: the first request's connect fails with our error, the driver's as cause;
+    the client gets 503 (docs/scaling.md), an app handler for the error gets the error."""
+    caught: list[DatabaseUnavailableError] = []
+
+    def app_for(db: DatabaseSessionManager, *, handler: bool) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/")
+        def read(session: Session = Depends(db.session)) -> int:
+            return int(session.scalar(text("SELECT 1")) or 0)
+
+        if handler:
+
+            @app.exception_handler(DatabaseUnavailableError)
+            async def keep(request: object, exc: DatabaseUnavailableError) -> PlainTextResponse:
+                caught.append(exc)
+                return PlainTextResponse("down", status_code=503)
+
+        return app
+
     db = DatabaseSessionManager(f"postgresql+psycopg://app:{SECRET}@127.0.0.1:1/app")
-    app = FastAPI()
+    with TestClient(app_for(db, handler=False)) as client:
+        response = client.get("/")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert SECRET not in response.text
+    _assert_hidden(logs.text)
 
-    @app.get("/")
-    def read(session: Session = Depends(db.session)) -> int:
-        return int(session.scalar(text("SELECT 1")) or 0)
-
-    with TestClient(app) as client, pytest.raises(DatabaseUnavailableError) as caught:
-        client.get("/")
-
-    message = str(caught.value)
+    with TestClient(app_for(db, handler=True)) as client:
+        assert client.get("/").text == "down"
+    message = str(caught[0])
     assert "Cannot reach the database at 127.0.0.1:1 " in message
     assert "postgresql+psycopg://app:***@127.0.0.1:1/app" in message
-    assert type(caught.value.__cause__).__module__.startswith("psycopg")
-    _assert_hidden(_shown(caught.value))
+    chain, error = [], caught[0].__cause__  # the request's own error, then the driver's
+    while error is not None:
+        chain.append(type(error).__module__)
+        error = error.__cause__
+    assert any(module.startswith("psycopg") for module in chain)
+    _assert_hidden(_shown(caught[0]))
 
 
 @pytest.mark.parametrize(

@@ -161,10 +161,15 @@ def create(
             "as async_url=."
         ) from None
     except (TypeError, ArgumentError) as exc:
+        hint = (
+            "Check the hosts of the URL: a multi-host URL names each as host:port, and "
+            "asyncpg needs the port of every host."
+            if "host" in str(exc) or "port" in str(exc)
+            else "Check the keys of engine_options / async_engine_options against "
+            "create_engine()'s arguments."
+        )
         raise ConfigurationError(
-            f"Invalid engine options for {shown}: {_urls.mask_text(str(exc), url)}. Check the "
-            "keys of engine_options / async_engine_options against create_engine()'s "
-            "arguments."
+            f"Invalid engine options for {shown}: {_urls.mask_text(str(exc), url)}. {hint}"
         ) from None
     sync_engine: Engine = getattr(engine, "sync_engine", engine)  # type: ignore[arg-type]
     _explain_connect_errors(sync_engine, url)

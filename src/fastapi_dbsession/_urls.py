@@ -1,6 +1,14 @@
-"""Parse database URLs, pair sync and async drivers, and render URLs without passwords."""
+"""Parse database URLs, pair sync and async drivers, and render URLs without passwords.
+
+Multi-host PostgreSQL URLs (failover, ``target_session_attrs=read-write``) are accepted in
+SQLAlchemy's form (``postgresql+psycopg://app@/app?host=h1:5432&host=h2:5432``) and in libpq's
+(``postgresql+psycopg://app@h1:5432,h2:5432/app``), which is rewritten into the former.
+"""
 
 from __future__ import annotations
+
+import re
+from urllib.parse import quote
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -55,6 +63,29 @@ _INSTALL_HINT: dict[str, str] = {
 }
 
 
+# libpq's multi-host form "postgresql://user:pw@h1:5432,h2:5433/db?..." (SQLAlchemy spells it
+# "postgresql://user:pw@/db?host=h1:5432&host=h2:5433")
+_COMMA_HOSTS = re.compile(
+    r"^(?P<scheme>postgresql(?:\+\w+)?)://(?P<auth>[^@/?#]*@)?"
+    r"(?P<hosts>[^@/?#]*,[^@/?#]*)(?P<rest>[/?].*)?$"
+)
+
+_HOST_PORT = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[^:\[\]]+)(?::\d+)?$")
+
+
+def _query_hosts(value: str) -> str:
+    """Rewrite libpq's comma-separated hosts into SQLAlchemy's repeated ``host=`` query."""
+    match = _COMMA_HOSTS.match(value)
+    if match is None:
+        return value
+    names = [host.strip() for host in match["hosts"].split(",")]
+    if not all(_HOST_PORT.match(name) for name in names):
+        return value  # make_url refuses it; _parse_hint explains
+    path, _, query = (match["rest"] or "/").partition("?")
+    hosts = "&".join(f"host={quote(name, safe=':[]')}" for name in names)
+    return f"{match['scheme']}://{match['auth'] or ''}{path}?{hosts}{'&' + query if query else ''}"
+
+
 def mask_text(text: str, url: URL | None = None) -> str:
     """Hide anything that looks like a password inside ``text``, and ``url``'s secrets."""
     return _secrets.mask_text(text, _secrets.secrets_of(url))
@@ -82,7 +113,7 @@ def parse(value: object, *, argument: str) -> URL:
     elif isinstance(value, str):
         shown = _secrets.mask_raw(value)
         try:
-            url = make_url(value)
+            url = make_url(_query_hosts(value))
         except (ArgumentError, ValueError):
             raise ConfigurationError(
                 f"{argument}={shown!r} is not a valid database URL. Expected "
@@ -114,8 +145,9 @@ def _parse_hint(value: str) -> str:
     authority = value.partition("://")[2].rpartition("@")[2].partition("/")[0]
     if "," in authority:
         return (
-            ". It names several hosts: write them as query parameters, "
-            '"postgresql+psycopg://user@/dbname?host=h1:5432&host=h2:5432".'
+            ". It names several hosts: each must be host or host:port with a numeric port "
+            '("postgresql+psycopg://user@h1:5432,h2:5432/dbname"), or write them as query '
+            'parameters, "postgresql+psycopg://user@/dbname?host=h1:5432&host=h2:5432".'
         )
     return (
         ". A port must be a number; special characters in the user or password (@ : / ? # %) "

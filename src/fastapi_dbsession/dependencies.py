@@ -29,11 +29,12 @@ from ._capacity import CapacityGate
 from ._database import Database
 from ._frames import Frame, Root, frames_of, sync_view
 from ._holds import hold_of
+from ._outage import unavailable_cause, unavailable_message
 from ._recording import QueryStats, request_label
 from ._replicas import Writes, enter_request
 from ._sessions import has_work, is_busy
 from ._units import async_drive, drive, finish_root
-from .errors import PoolTimeoutError
+from .errors import DatabaseUnavailableError, PoolTimeoutError
 from .propagation import CommitPolicy, should_commit
 
 if TYPE_CHECKING:
@@ -71,28 +72,62 @@ class PoolTimeoutResponse(PoolTimeoutError, HTTPException):
         return str(self.args[0])
 
 
+class DatabaseUnavailableResponse(DatabaseUnavailableError, HTTPException):
+    """A :class:`DatabaseUnavailableError` that FastAPI answers with 503 and ``Retry-After``.
+
+    Raised to the app when a request failed because the database could not be reached: a
+    connect failed (a failover: the old primary is gone, the standby not yet promoted) or the
+    connection was lost under a statement. The request was rolled back, nothing committed, so
+    the client may retry. An app handler for ``DatabaseUnavailableError`` or ``DBSessionError``
+    wins, as for :class:`PoolTimeoutResponse`.
+    """
+
+    def __init__(self, message: str) -> None:
+        DatabaseUnavailableError.__init__(self, message)
+        HTTPException.__init__(
+            self,
+            status_code=503,
+            detail="The database is unavailable. Retry shortly.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 BUSY_LOG_INTERVAL = 10.0
-"""Seconds between two "answered 503" log lines; the ones in between are counted."""
-_busy_log = {"last": -BUSY_LOG_INTERVAL, "quiet": 0}
+"""Seconds between two "answered 503" log lines of one kind; the ones in between are counted."""
+_log_503_state: dict[str, tuple[float, int]] = {}  # kind -> (last line, lines held back)
+
+
+def _log_503(kind: str, message: str) -> None:
+    """Log an "answered 503" line, at most one per kind every ``BUSY_LOG_INTERVAL`` seconds."""
+    now = time.monotonic()
+    last, quiet = _log_503_state.get(kind, (-BUSY_LOG_INTERVAL, 0))
+    if now - last >= BUSY_LOG_INTERVAL:
+        _log_503_state[kind] = (now, 0)
+        more = f" ({quiet} more since the last line)" if quiet else ""
+        logger.warning("answered 503 with Retry-After: %s%s", message, more)
+    else:
+        _log_503_state[kind] = (last, quiet + 1)
 
 
 def _busy(message: str) -> PoolTimeoutResponse:
     """The 503 for a request that found no free connection, logged (rate-limited)."""
-    now = time.monotonic()
-    if now - _busy_log["last"] >= BUSY_LOG_INTERVAL:
-        quiet = int(_busy_log["quiet"])
-        _busy_log["last"], _busy_log["quiet"] = now, 0
-        more = f" ({quiet} more since the last line)" if quiet else ""
-        logger.warning("answered 503 with Retry-After: %s%s", message, more)
-    else:
-        _busy_log["quiet"] += 1
+    _log_503("busy", message)
     return PoolTimeoutResponse(message)
 
 
 def _as_response(database: Database, error: BaseException, *, is_async: bool) -> BaseException:
-    """``error`` itself, or the 503 form of it when no connection became free in time."""
-    if isinstance(error, PoolTimeoutResponse):
+    """``error`` itself, or its 503 form: no connection became free in time, or the database
+    could not be reached."""
+    if isinstance(error, (PoolTimeoutResponse, DatabaseUnavailableResponse)):
         return error
+    unavailable = unavailable_cause(error)
+    if unavailable is not None:
+        message = unavailable_message(unavailable)
+        _log_503("unavailable", message)
+        return DatabaseUnavailableResponse(message)
     if isinstance(error, PoolTimeoutError):
         return _busy(str(error))
     if isinstance(error, sqlalchemy.exc.TimeoutError):  # the pool's own checkout timeout
@@ -266,6 +301,8 @@ class _RequestUnit:
 
         Raises:
             PoolTimeoutResponse: ``error`` was a pool checkout timeout: the client gets a 503.
+            DatabaseUnavailableResponse: the endpoint failed because the database could not
+                be reached (a failover, a restart): rolled back, the client gets a 503.
         """
         _, frame, token, gate, recording = opened
         try:

@@ -7,7 +7,7 @@ the likely cause and the fix. No message contains a database password.
 DBSessionError
 ├── ConfigurationError(DBSessionError, ValueError)        bad URL, option, policy
 │   └── MissingDriverError(ConfigurationError, ImportError)  driver or greenlet not installed
-├── DatabaseUnavailableError(DBSessionError, ConnectionError)  startup check failed
+├── DatabaseUnavailableError(DBSessionError, ConnectionError)  startup check or a connect failed
 ├── PoolTimeoutError(DBSessionError, TimeoutError)        no connection became free in time
 ├── CommandTimeoutError(DBSessionError, TimeoutError)     the database stopped answering
 ├── CommitOutcomeUnknownError(DBSessionError, RuntimeError)  connection lost during COMMIT
@@ -60,7 +60,11 @@ class MissingDriverError(ConfigurationError, ImportError):
 
 
 class DatabaseUnavailableError(DBSessionError, ConnectionError):
-    """The startup check could not reach the database."""
+    """The database could not be reached: the startup check, or a new connection, failed.
+
+    A request session whose endpoint failed with it (a failover, a restart) is answered 503
+    with ``Retry-After``. The driver's own error is chained (``__cause__``).
+    """
 
 
 class PoolTimeoutError(DBSessionError, TimeoutError):

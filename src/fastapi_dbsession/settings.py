@@ -72,6 +72,8 @@ class DatabaseSettings(BaseSettings):
     startup_retries: int = Field(default=3, ge=0)
     startup_timeout: float = Field(default=5.0, gt=0)
     pool_saturation_warning: float | None = Field(default=0.9, gt=0, le=1)
+    pgbouncer: bool = False
+    """Behind PgBouncer in transaction pooling mode (``DATABASE_PGBOUNCER``)."""
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -93,6 +95,7 @@ class DatabaseSettings(BaseSettings):
             "startup_retries": self.startup_retries,
             "startup_timeout": self.startup_timeout,
             "pool_saturation_warning": self.pool_saturation_warning,
+            "pgbouncer": self.pgbouncer,
         }
         if engine_options:
             arguments["engine_options"] = engine_options
