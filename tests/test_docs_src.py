@@ -20,6 +20,7 @@ from types import ModuleType
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from fastapi_dbsession import (
     ConcurrentSessionUseError,
@@ -270,7 +271,7 @@ def _transactions_4(module: ModuleType, backend: Backend) -> None:
     with module.db.transaction() as session:
         session.add_all([module.Sale(day=day, amount=30), module.Sale(day=day, amount=12)])
     assert module.close_day(day) == 42
-    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+    with pytest.raises(IntegrityError, match=r"(?i)unique|duplicate"):
         module.close_day(day)  # closing twice fails and rolls back...
     assert count(backend, "closed_days") == 1
     assert count(backend, "job_log") == 2  # ...but its log entry (REQUIRES_NEW) stays
@@ -278,9 +279,17 @@ def _transactions_4(module: ModuleType, backend: Backend) -> None:
 
 @check("examples/service_layer/app.py")
 def _service_layer(module: ModuleType, backend: Backend) -> None:
-    """Run by tests/test_examples.py; here only its included sections are checked to exist."""
-    assert callable(module.transfer)
-    assert callable(module.post_transfer)
+    """The sections the docs include, run: a transfer commits and its e-mail goes out; one
+    the balance cannot cover answers 409 and moves nothing (tests/test_examples.py runs the
+    rest of the example)."""
+    with TestClient(module.app) as client:
+        assert client.post(
+            "/transfers", json={"source": "ada", "target": "bob", "amount": 30}
+        ).json() == {"balance": 70}
+        refused = client.post("/transfers", json={"source": "bob", "target": "ada", "amount": 99})
+        assert refused.status_code == 409
+        assert client.get("/accounts").json() == {"ada": 70, "bob": 30}
+    assert module.OUTBOX == ["to ada: you sent 30 to bob"]
 
 
 # -- async --------------------------------------------------------------------------------

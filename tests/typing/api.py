@@ -66,3 +66,25 @@ async def async_unit_of_work() -> list[str]:
     current: AsyncSession = db.current_async_session()
     assert current is not None
     return await areport()
+
+
+def operations() -> None:
+    from fastapi_dbsession import (
+        DatabaseSettings,
+        PingResult,
+        PoolStatus,
+        compose_lifespans,
+    )
+
+    result: PingResult = db.ping(timeout=1.0)
+    is_ok: bool = result.ok
+    statuses: dict[str, PoolStatus] = db.pool_status()
+    saturation: float | None = statuses["sync"].saturation
+    app.include_router(db.health_router(prefix="/health", timeout=1.0))
+    other = DatabaseSessionManager.from_settings(DatabaseSettings(), startup_retries=0)
+    FastAPI(lifespan=compose_lifespans(db.lifespan, other.lifespan))
+    print(is_ok, saturation)
+
+
+async def async_operations() -> bool:
+    return (await db.async_ping(timeout=1.0)).ok
