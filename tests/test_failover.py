@@ -78,9 +78,7 @@ def _urls(primary: Cluster, standby: Cluster, driver: str) -> str:
     return f"postgresql+{driver}://postgres@{hosts}/postgres?target_session_attrs=read-write"
 
 
-@pytest.mark.parametrize(
-    "synchronous", [True, False], ids=["sync-replication", "async-replication"]
-)
+@REPLICATION
 @pytest.mark.parametrize(("driver", "is_async"), [("psycopg", False), ("asyncpg", True)])
 async def test_failover_answers_503_then_writes_on_the_new_primary(
     topology: Topology, driver: str, is_async: bool, synchronous: bool
@@ -174,11 +172,10 @@ def _cut_replication(standby: Cluster) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize(
-    "synchronous", [True, False], ids=["sync-replication", "async-replication"]
-)
+@REPLICATION
+@pytest.mark.parametrize(("driver", "is_async"), [("psycopg", False), ("asyncpg", True)])
 async def test_failover_from_a_lagging_standby_loses_writes_only_without_sync_replication(
-    topology: Topology, synchronous: bool
+    topology: Topology, driver: str, is_async: bool, synchronous: bool
 ) -> None:
     """The standby stops receiving WAL, writes go on, then the primary dies: synchronous
     replication acknowledged none of the writes it could not ship; asynchronous lost them."""
@@ -186,10 +183,13 @@ async def test_failover_from_a_lagging_standby_loses_writes_only_without_sync_re
     standby = topology.standby(primary, synchronous=synchronous)
     primary.execute("CREATE TABLE writes (n int PRIMARY KEY)")
     standby.wait_replayed()
-    db = DatabaseSessionManager(
-        _urls(primary, standby, "psycopg"), engine_options={"pool_size": 4, "max_overflow": 4}
+    url, options = _urls(primary, standby, driver), {"pool_size": 4, "max_overflow": 4}
+    db = (
+        DatabaseSessionManager(async_url=url, engine_options=options)
+        if is_async
+        else DatabaseSessionManager(url, engine_options=options)
     )
-    app = build_app(db, is_async=False)
+    app = build_app(db, is_async=is_async)
     acknowledged: set[int] = set()
     statuses: dict[int, int] = {}
     numbers = itertools.count()
@@ -220,12 +220,15 @@ async def test_failover_from_a_lagging_standby_loses_writes_only_without_sync_re
             for _ in range(5):
                 await write(client)
     finally:
-        db.dispose()
+        if is_async:
+            await db.async_dispose()
+        else:
+            db.dispose()
 
     rows = {n for (n,) in standby.execute("SELECT n FROM writes")}
     lost = sorted(acknowledged - rows)
     print(
-        f"\nlagging standby, {'sync' if synchronous else 'async'} replication: statuses "
+        f"\nlagging standby, {driver}, {'sync' if synchronous else 'async'} replication: statuses "
         f"{dict(sorted(statuses.items()))}, {len(acknowledged)} acknowledged, {len(lost)} lost"
     )
     assert before_cut <= rows

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from fastapi_dbsession import ConfigurationError, DatabaseSessionManager
 from fastapi_dbsession.testing._seam import database_of
+from tests._source import line_of
 from tests.conftest import Backend
 
 HOLDS = "fastapi_dbsession.holds"
@@ -35,11 +36,7 @@ def _records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 def _line_of(marker: str) -> int:
-    with open(__file__) as source:
-        for number, line in enumerate(source, start=1):
-            if line.rstrip().endswith(f"# {marker}"):
-                return number
-    raise AssertionError(marker)
+    return line_of(__file__, marker)
 
 
 def _app(db: DatabaseSessionManager) -> FastAPI:

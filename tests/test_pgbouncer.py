@@ -170,3 +170,38 @@ async def test_pgbouncer_preset_gives_no_errors_and_every_row(
     assert outcome.errors == 0, outcome.samples
     assert outcome.acknowledged == ROUNDS * CONCURRENT
     assert outcome.rows == outcome.acknowledged
+
+
+PINGS = 40
+
+
+@pytest.mark.parametrize(
+    ("driver", "is_async"), [("psycopg", False), ("psycopg", True), ("asyncpg", True)]
+)
+async def test_pings_through_pgbouncer_during_load_all_answer(
+    pg_bouncer: PgBouncer,
+    pg_primary: Cluster,
+    bouncer_database: str,
+    driver: str,
+    is_async: bool,
+) -> None:
+    """``db.ping()`` / ``db.async_ping()`` (the health check: one at a time, on connections of
+    their own) answer every time while requests share PgBouncer's server connections."""
+    db = _manager(pg_bouncer, driver, bouncer_database, is_async=is_async, pgbouncer=True)
+    results: list[str] = []
+
+    async def pings() -> None:
+        for _ in range(PINGS):
+            if is_async:
+                result = await db.async_ping(timeout=5.0)
+            else:
+                result = await anyio.to_thread.run_sync(db.ping, 5.0)
+            results.append(result.error or result.status)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(pings)
+        outcome = await run_load(
+            db, is_async=is_async, count_rows=pg_primary, database=bouncer_database, rounds=2
+        )
+    assert outcome.errors == 0, outcome.samples
+    assert results == ["ok"] * PINGS

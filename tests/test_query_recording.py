@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from fastapi_dbsession import ConfigurationError, DatabaseSessionManager, ServerTimingMiddleware
+from tests._source import line_of
 from tests.conftest import Backend
 
 QUERIES = "fastapi_dbsession.queries"
@@ -146,11 +147,7 @@ def _slow_app(db: DatabaseSessionManager, backend: Backend) -> FastAPI:
 
 
 def _line_of(marker: str) -> int:
-    with open(__file__) as source:
-        for number, line in enumerate(source, start=1):
-            if line.rstrip().endswith(f"# {marker}"):
-                return number
-    raise AssertionError(marker)
+    return line_of(__file__, marker)
 
 
 @pytest.mark.parametrize("show_parameters", [False, True])

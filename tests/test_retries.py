@@ -443,3 +443,113 @@ def test_a_real_unique_violation_is_never_retried(contended: Backend, side: str)
     assert isinstance(error, IntegrityError)
     assert _code(error) == ("23505" if contended.name == "postgresql" else 1062)
     assert contended.count() == 1
+
+
+def _other_takes_b_then_waits_for_a(backend: Backend, holding_b: threading.Event) -> None:
+    """A second transaction: locks row b, then waits for row a (which the unit holds)."""
+    engine = backend.admin_engine()
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SET deadlock_timeout = '10s'"))  # the unit detects first
+            connection.execute(
+                update(Account).where(Account.owner == "b").values(balance=Account.balance + 1)
+            )
+            holding_b.set()
+            connection.execute(
+                update(Account).where(Account.owner == "a").values(balance=Account.balance + 1)
+            )
+            connection.commit()
+    finally:
+        engine.dispose()
+
+
+def _wait_until_blocked(backend: Backend) -> None:
+    """Until a backend of the test database waits for a lock (the other transaction, on a)."""
+    for _ in range(500):
+        if _scalar(
+            backend,
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        ):
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the other transaction never waited for row a")
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("side", ["sync", "async"])
+def test_a_real_deadlock_is_retried_once_and_both_transactions_commit(
+    postgres_schema: Any, side: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The unit locks a; another transaction locks b and waits for a; the unit then asks for b:
+    PostgreSQL's deadlock detector aborts the unit (its deadlock_timeout is the shorter) with
+    a real 40P01. retries=1 re-runs it once; both transactions' changes are committed."""
+    backend = Backend(
+        "postgresql", postgres_schema, postgres_schema.set(drivername="postgresql+asyncpg")
+    )
+    engine = backend.admin_engine()
+    with engine.begin() as connection:
+        connection.execute(
+            insert(Account), [{"owner": "a", "balance": START}, {"owner": "b", "balance": START}]
+        )
+    engine.dispose()
+    caplog.set_level(logging.WARNING, logger="fastapi_dbsession.retries")
+    db = _manager(backend, side)
+    made: list[int] = []
+    others: list[threading.Thread] = []
+    debit = update(Account).where(Account.owner == "a").values(balance=Account.balance - 10)
+    credit = update(Account).where(Account.owner == "b").values(balance=Account.balance + 10)
+    quick = text("SET LOCAL deadlock_timeout = '100ms'")
+
+    def start_the_other() -> None:
+        holding_b = threading.Event()
+        other = threading.Thread(target=_other_takes_b_then_waits_for_a, args=(backend, holding_b))
+        other.start()
+        others.append(other)
+        assert holding_b.wait(10)
+        _wait_until_blocked(backend)
+
+    if side == "sync":
+
+        @db.transactional(retries=1)
+        def unit(session: Session) -> None:
+            made.append(1)
+            session.execute(quick)
+            session.execute(debit)
+            if len(made) == 1:
+                start_the_other()
+            session.execute(credit)
+
+    else:
+
+        @db.transactional(retries=1)
+        async def unit(session: AsyncSession) -> None:  # type: ignore[misc]
+            made.append(1)
+            await session.execute(quick)
+            await session.execute(debit)
+            if len(made) == 1:
+                start_the_other()
+            await session.execute(credit)
+
+    try:
+        error = _call(db, side, unit)
+        for other in others:
+            other.join(30)
+        assert error is None
+        assert made == [1, 1]
+        [retried] = [r for r in caplog.records if r.name == "fastapi_dbsession.retries"]
+        assert retried.sqlstate == "40P01"  # type: ignore[attr-defined]
+        balances = dict(
+            _rows(backend, "SELECT owner, balance FROM accounts")  # type: ignore[arg-type]
+        )
+        assert balances == {"a": START - 10 + 1, "b": START + 10 + 1}
+    finally:
+        _empty(backend)
+
+
+def _rows(backend: Backend, sql: str) -> list[Any]:
+    engine = backend.admin_engine()
+    with engine.connect() as connection:
+        rows = list(connection.execute(text(sql)).all())
+    engine.dispose()
+    return rows
