@@ -2,12 +2,13 @@
 
 # No "from __future__ import annotations": endpoint signatures are read at runtime.
 import inspect
+import warnings
 import weakref
 from typing import Any
 
 from fastapi import params
 
-from .errors import SyncAsyncMismatchError
+from .errors import DBSessionWarning, SyncAsyncMismatchError
 
 
 class EndpointGuard:
@@ -88,3 +89,22 @@ def check_endpoints(app: object, async_session: object) -> None:
 def register(dependency: object, guard: EndpointGuard) -> None:
     """Remember which guard watches for ``dependency`` (``db.async_session``)."""
     _GUARDS[dependency] = guard
+
+
+def warn_ignored_events(app: object) -> None:
+    """Warn when the app has ``@app.on_event`` handlers: FastAPI skips them under a lifespan."""
+    router = getattr(app, "router", None)
+    handlers = [
+        f"{kind}: {getattr(handler, '__qualname__', handler)!s}"
+        for kind in ("startup", "shutdown")
+        for handler in getattr(router, f"on_{kind}", None) or ()
+    ]
+    if handlers:
+        warnings.warn(
+            f"This app has @app.on_event handlers ({', '.join(handlers)}) and a lifespan "
+            "(db.lifespan): FastAPI does not run on_event handlers when a lifespan is given, so "
+            "they are skipped. Move their code into a lifespan of your own that enters "
+            "db.lifespan(app) (docs/migrating.md, 'Startup events under a lifespan').",
+            DBSessionWarning,
+            stacklevel=2,
+        )

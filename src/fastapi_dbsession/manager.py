@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, overload
@@ -15,22 +13,22 @@ from starlette.requests import HTTPConnection
 from . import _config, _endpoints, decorators, dependencies, transactions
 from ._database import Database
 from ._facets.context import ContextFacet
+from ._facets.engines import EnginesFacet
 from ._facets.observability import ObservabilityFacet
 from ._facets.operations import OperationsFacet
 from ._facets.replicas import ReplicasFacet
 from ._probes import Prober
 from ._replicas import StickyWindow
 from .decorators import P, R, TransactionalDecorator
-from .errors import DBSessionWarning
-from .propagation import CommitPolicy, Propagation, check_policy, check_statuses, make_options
+from .propagation import CommitPolicy, Propagation, make_options
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-    from .settings import DatabaseSettings
 
-
-class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet, ReplicasFacet):
+class DatabaseSessionManager(
+    EnginesFacet, ContextFacet, ObservabilityFacet, OperationsFacet, ReplicasFacet
+):
     """Own the engines and sessions of one database for a FastAPI app.
 
     Build one per database at import time, hand ``db.lifespan`` to FastAPI, and ask for the
@@ -135,71 +133,8 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet, 
         )
         """Dependency giving the request's ``AsyncSession``: ``Depends(db.async_session)``."""
 
-    @classmethod
-    def from_env(cls, prefix: str = "DATABASE_", **overrides: Any) -> DatabaseSessionManager:
-        """Build a manager from environment variables.
-
-        Reads ``{prefix}`` + ``URL``, ``ASYNC_URL``, ``POOL_SIZE``, ``MAX_OVERFLOW``,
-        ``POOL_TIMEOUT``, ``POOL_RECYCLE``, ``POOL_PRE_PING``, ``ECHO``, ``COMMIT_POLICY``,
-        ``PGBOUNCER``.
-
-        Args:
-            prefix: Prefix of the variable names.
-            **overrides: Keyword arguments for the constructor; they win over the environment.
-
-        Raises:
-            ConfigurationError: No URL variable is set, or a number or flag does not parse.
-
-        Example:
-            >>> os.environ["DATABASE_URL"] = "sqlite:///./app.db"
-            >>> db = DatabaseSessionManager.from_env()
-        """
-        return cls(**_config.env_arguments(os.environ, prefix, overrides))
-
-    @classmethod
-    def from_settings(cls, settings: DatabaseSettings, **overrides: Any) -> DatabaseSessionManager:
-        """Build a manager from typed settings (extra ``[settings]``): see ``DatabaseSettings``.
-
-        Example:
-            >>> db = DatabaseSessionManager.from_settings(DatabaseSettings())
-        """
-        return cls(**{**settings.manager_arguments(), **overrides})
-
     def __repr__(self) -> str:
         return repr(self._database)
-
-    @property
-    def url(self) -> URL | None:
-        """The sync URL (given or derived). Render it with ``hide_password=True``."""
-        return self._database.config.url
-
-    @property
-    def async_url(self) -> URL | None:
-        """The asyncio URL (given or derived)."""
-        return self._database.config.async_url
-
-    @property
-    def default_commit_policy(self) -> CommitPolicy:
-        """The commit policy of routes that do not choose one."""
-        return self._database.config.commit_policy
-
-    @property
-    def engine(self) -> Engine:
-        """The sync engine, created on first use (``MissingDriverError`` names the extra)."""
-        return self._database.engine
-
-    @property
-    def async_engine(self) -> AsyncEngine:
-        """The asyncio engine, created on first use (``MissingDriverError`` names the extra)."""
-        return self._database.async_engine
-
-    def dispose(self) -> None:
-        """Close every pooled connection of the sync engine (it is recreated on next use)."""
-        self._database.dispose()
-
-    async def async_dispose(self) -> None:
-        """Close every pooled connection of the async engine (it is recreated on next use)."""
-        await self._database.async_dispose()
 
     def transaction(
         self,
@@ -281,34 +216,6 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet, 
         """
         return decorators.transactional_for(self._database, func, options)
 
-    def commit_policy(
-        self, policy: CommitPolicy, *, statuses: Container[int] | None = None
-    ) -> Callable[[HTTPConnection], Awaitable[None]]:
-        """Return a route dependency that sets the commit rule of that route's session.
-
-        Args:
-            policy: ``"commit"``, ``"manual"`` or ``"read_only"``.
-            statuses: Under ``"commit"``, the statuses that commit on this route (default:
-                the manager's ``commit_statuses``), e.g. ``range(200, 400)``.
-
-        Raises:
-            ConfigurationError: ``policy`` is not a commit policy, or ``statuses`` no
-                collection of status codes.
-
-        Example:
-            >>> @app.post("/import", dependencies=[Depends(db.commit_policy("manual"))])
-            ... def run_import(session: Session = Depends(db.session)) -> None: ...
-        """
-        checked = check_policy(policy, argument="commit_policy")
-        if statuses is not None:
-            checked_statuses = check_statuses(statuses, argument="statuses")
-            return dependencies.commit_policy_dependency(self._database, checked, checked_statuses)
-        if checked not in self._policy_dependencies:
-            self._policy_dependencies[checked] = dependencies.commit_policy_dependency(
-                self._database, checked
-            )
-        return self._policy_dependencies[checked]
-
     @asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
         """Check connectivity at startup and dispose the engines at shutdown.
@@ -323,32 +230,13 @@ class DatabaseSessionManager(ContextFacet, ObservabilityFacet, OperationsFacet, 
             DatabaseUnavailableError: A configured database cannot be reached; names host and
                 port (password masked).
         """
-        _warn_ignored_events(app)
+        _endpoints.warn_ignored_events(app)
         _endpoints.check_endpoints(app, self.async_session)
         await self._prober.startup()
         try:
             yield
         finally:
             await self._database.shutdown()
-
-
-def _warn_ignored_events(app: object) -> None:
-    """Warn when the app has ``@app.on_event`` handlers: FastAPI skips them under a lifespan."""
-    router = getattr(app, "router", None)
-    handlers = [
-        f"{kind}: {getattr(handler, '__qualname__', handler)!s}"
-        for kind in ("startup", "shutdown")
-        for handler in getattr(router, f"on_{kind}", None) or ()
-    ]
-    if handlers:
-        warnings.warn(
-            f"This app has @app.on_event handlers ({', '.join(handlers)}) and a lifespan "
-            "(db.lifespan): FastAPI does not run on_event handlers when a lifespan is given, so "
-            "they are skipped. Move their code into a lifespan of your own that enters "
-            "db.lifespan(app) (docs/migrating.md, 'Startup events under a lifespan').",
-            DBSessionWarning,
-            stacklevel=2,
-        )
 
 
 def _arguments(arguments: dict[str, Any]) -> dict[str, Any]:
