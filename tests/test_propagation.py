@@ -235,8 +235,16 @@ def test_options_keep_what_was_asked() -> None:
             "propagation='requires_new' is not a Propagation. Use e.g. "
             "propagation=Propagation.REQUIRES_NEW (from fastapi_dbsession import Propagation).",
         ),
-        ({"retries": -1}, "retries=-1 must be a whole number >= 0."),
-        ({"timeout": 0}, "timeout=0 must be a number of seconds > 0."),
+        (
+            {"retries": -1},
+            "retries=-1 must be a whole number >= 0: how many times the unit re-runs after a "
+            "serialization failure or deadlock (0, the default, never re-runs).",
+        ),
+        (
+            {"timeout": 0},
+            "timeout=0 must be a number of seconds > 0, e.g. timeout=5.0 (leave it out for no "
+            "limit).",
+        ),
         (
             {"rollback_on": ValueError},  # a class, not a tuple of classes
             "rollback_on must be a tuple of exception classes, e.g. "
