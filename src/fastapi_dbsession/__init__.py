@@ -8,6 +8,7 @@ from ._probes import PingResult
 from ._replicas import StickyWindow
 from .decorators import CURRENT_SESSION, transactional
 from .errors import (
+    CommandTimeoutError,
     CommitOutcomeUnknownError,
     ConcurrentSessionUseError,
     ConfigurationError,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # imported on first use below: it needs the [settings] extra
 
 __all__ = [
     "CURRENT_SESSION",
+    "CommandTimeoutError",
     "CommitOutcomeUnknownError",
     "CommitPolicy",
     "ConcurrentSessionUseError",

@@ -67,6 +67,8 @@ class Config:
     name: str = "default"
     """The database's name in logs, metrics and engine logging names."""
     observability: Observability = dataclasses.field(default_factory=Observability)
+    timeouts: tuple[float | None, float | None] = (10.0, 60.0)
+    """Client-side deadlines in seconds: ``(connect_timeout, command_timeout)`` (None: none)."""
 
     def with_urls(self, url: URL | None, async_url: URL | None) -> Config:
         """The same configuration on other databases (the testing helpers' test database)."""
@@ -141,6 +143,8 @@ def build_config(
     slow_query_threshold: float | None = None,
     log_query_parameters: bool = False,
     hold_warning_threshold: float | None = None,
+    command_timeout: float | None = 60.0,
+    connect_timeout: float | None = 10.0,
 ) -> Config:
     """Check the constructor's arguments and return the frozen configuration.
 
@@ -217,6 +221,7 @@ def build_config(
         unshared_connect_args=unshared if async_engine_options is None else (),
         replica_urls=pair_replicas(replica_urls),
         sticky_window=check_sticky(sticky_window, replica_urls),
+        timeouts=_checks.timeouts(connect_timeout=connect_timeout, command_timeout=command_timeout),
     )
     for side_url, options in (
         (config.url, config.engine_options),

@@ -254,3 +254,24 @@ def _reconnect_in_place(
     cursor = context.create_cursor()
     context.cursor = cursor
     return cursor
+
+
+def socket_fd(dbapi_connection: object) -> int | None:
+    """The file descriptor of a DBAPI connection's socket, or None when it cannot be found."""
+    driver: Any = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    package = type(driver).__module__.partition(".")[0]
+    sock: Any = None
+    try:
+        if package in ("psycopg", "psycopg2"):
+            return int(driver.fileno())
+        if package == "asyncpg":
+            transport = getattr(driver, "_transport", None)
+            sock = None if transport is None else transport.get_extra_info("socket")
+        elif package == "pymysql":
+            sock = getattr(driver, "_sock", None)
+        elif package == "aiomysql":
+            writer = getattr(driver, "_writer", None)
+            sock = None if writer is None else writer.transport.get_extra_info("socket")
+        return None if sock is None else int(sock.fileno())
+    except Exception:  # closed, or a driver state we do not know
+        return None

@@ -80,6 +80,14 @@ class DatabaseSessionManager(
         pgbouncer: The database is reached through PgBouncer in transaction (or statement)
             pooling mode: every PostgreSQL driver is kept off server-side prepared statements
             (see docs/scaling.md).
+        command_timeout: Client-side deadline, in seconds, of each round trip to the server
+            (statement, COMMIT, ROLLBACK, ping). Past it the connection is closed and
+            discarded and ``CommandTimeoutError`` is raised, even if the server is frozen.
+            ``None``: no limit. Default 60. Not for SQLite.
+        connect_timeout: Client-side deadline, in seconds, of opening a connection (given to
+            the driver: libpq ``connect_timeout``, asyncpg ``timeout``, PyMySQL/aiomysql
+            ``connect_timeout``) unless the URL or ``connect_args`` set it. ``None``: the
+            driver's default. Default 10.
 
     Raises:
         ConfigurationError: No URL or engine, a malformed URL, options of the wrong type,
@@ -119,6 +127,8 @@ class DatabaseSessionManager(
         startup_timeout: float = 5.0,
         pool_saturation_warning: float | None = 0.9,
         pgbouncer: bool = False,
+        command_timeout: float | None = 60.0,
+        connect_timeout: float | None = 10.0,
     ) -> None:
         config = _config.build_config(**_arguments(locals()))
         self._database = Database(config)  # the one seam fastapi_dbsession.testing uses
