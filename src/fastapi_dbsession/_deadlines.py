@@ -18,6 +18,7 @@ and sleeps (without waking the process) while no round trip runs.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -160,6 +161,66 @@ def install(engine: Engine, command_timeout: float) -> None:
     for name in ("do_commit", "do_rollback", "do_ping"):
         setattr(dialect, name, guarded(getattr(dialect, name), _of_connection))
     event.listen(engine, "handle_error", _invalidate_timed_out)
+
+
+def bound_handshake(engine: Engine) -> None:
+    """Make the MySQL drivers' ``connect_timeout`` cover the handshake, not only the TCP connect.
+
+    PyMySQL and aiomysql apply it to opening the socket and then wait for the server's greeting
+    without a limit: the kernel of a frozen server accepts the connection, and nothing ever
+    answers. PyMySQL is created with ``defer_connect=True`` and connected under the watchdog;
+    aiomysql's connect runs under ``asyncio.wait_for``. The driver's ``connect_timeout``
+    argument (ours, the URL's or ``connect_args``') is the deadline.
+    """
+    dialect: Any = engine.dialect
+    connect = dialect.connect
+    if dialect.driver == "pymysql":
+
+        def connect_pymysql(*cargs: Any, **cparams: Any) -> Any:
+            seconds = cparams.get("connect_timeout")
+            if not seconds or cparams.get("defer_connect"):
+                return connect(*cargs, **cparams)
+            connection = connect(*cargs, **cparams, defer_connect=True)
+            token = next(_watchdog.tokens)
+            _watchdog.active[token] = (time.monotonic() + seconds, _of_connection, (connection,))
+            if _watchdog.sleeping:
+                _watchdog.wake_up()
+            try:
+                connection.connect()
+            except Exception as exc:
+                if _watchdog.active.pop(token, None) is None:
+                    raise _no_greeting(seconds) from exc
+                raise
+            if _watchdog.active.pop(token, None) is None:
+                raise _no_greeting(seconds)
+            return connection
+
+        dialect.connect = connect_pymysql
+    elif dialect.driver == "aiomysql":
+        aiomysql = dialect.loaded_dbapi.aiomysql
+
+        async def connect_aiomysql(*args: Any, **kwargs: Any) -> Any:
+            connection = aiomysql.Connection(*args, **kwargs)
+            handshake: Any = getattr(connection, "_connect", None)  # what aiomysql.connect awaits
+            try:
+                await asyncio.wait_for(handshake(), kwargs["connect_timeout"])
+            except BaseException:
+                connection.close()  # a cancelled handshake leaves its transport open
+                raise
+            return connection
+
+        def connect_bounded(*cargs: Any, **cparams: Any) -> Any:
+            if cparams.get("connect_timeout") and hasattr(aiomysql.Connection, "_connect"):
+                cparams.setdefault("async_creator_fn", connect_aiomysql)
+            return connect(*cargs, **cparams)
+
+        dialect.connect = connect_bounded
+
+
+def _no_greeting(seconds: float) -> TimeoutError:
+    with _watchdog.fired:
+        pass
+    return TimeoutError(f"the server did not answer the handshake within {seconds:g} seconds")
 
 
 def _of_context(cursor: object, statement: object, *rest: Any) -> object:
