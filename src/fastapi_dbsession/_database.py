@@ -116,6 +116,7 @@ class Database:
             self.watchers.engine_options(self._config.engine_options, is_async=False),
             side="sync",
             pgbouncer=self._config.pgbouncer,
+            timeouts=self._config.timeouts,
         )
         self._engine_created(engine, side="sync")
         return engine
@@ -140,6 +141,7 @@ class Database:
             self.watchers.engine_options(options, is_async=True),
             side="async",
             pgbouncer=self._config.pgbouncer,
+            timeouts=self._config.timeouts,
         )
         self._engine_created(engine.sync_engine, side="async")
         return engine

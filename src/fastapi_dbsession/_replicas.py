@@ -336,3 +336,17 @@ def check_sticky(sticky: object, replica_urls: object) -> StickyWindow | None:
             "or drop sticky_window."
         )
     return sticky
+
+
+def check_twophase(twophase: object, url: URL | None) -> bool:
+    """The manager's ``twophase`` argument, checked against the backend."""
+    if twophase is not True:
+        raise ConfigurationError(f"twophase must be True or False, not {twophase!r}.")
+    backend = None if url is None else url.get_backend_name()
+    if backend not in ("postgresql", None):
+        raise ConfigurationError(
+            f"twophase=True needs PostgreSQL (PREPARE TRANSACTION), not {backend}: leave it "
+            "off; a request that writes to several databases then commits them one after "
+            "another and reports a partial commit."
+        )
+    return True
