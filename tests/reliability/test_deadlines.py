@@ -10,6 +10,7 @@ uvicorn is tests/reliability/test_frozen_database.py.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 
@@ -106,6 +107,34 @@ async def test_asyncpg_gets_the_deadline_too(
         assert await _run(db, "async", "SELECT 3") == 3
     finally:
         await db.async_dispose()
+
+
+@pytest.mark.postgresql
+def test_a_shorter_deadline_is_kept_while_a_longer_one_runs(
+    request: pytest.FixtureRequest,
+) -> None:
+    """The watchdog sleeps until the earliest deadline it knows: a shorter one must wake it."""
+    url = request.getfixturevalue("postgres_schema")
+    patient = DatabaseSessionManager(url, command_timeout=30)
+    hasty = DatabaseSessionManager(url, command_timeout=0.5)
+    started = threading.Event()
+
+    def long_statement() -> None:
+        with patient.transaction() as session:
+            started.set()
+            session.execute(text("SELECT pg_sleep(2)"))
+
+    worker = threading.Thread(target=long_statement)
+    worker.start()
+    try:
+        started.wait(10)
+        time.sleep(0.3)  # the long statement is on its way: its deadline is the known one
+        with pytest.raises(CommandTimeoutError), hasty.transaction() as session:
+            session.execute(text("SELECT pg_sleep(3)"))
+    finally:
+        worker.join()
+        patient.dispose()
+        hasty.dispose()
 
 
 @pytest.mark.postgresql
