@@ -7,8 +7,9 @@ options, session options and unit-of-work options. For each: build a manager, ta
 SQLite file). Whatever happens, an exception that escapes must be a ``DBSessionError``, and
 no formatted traceback (causes included), ``repr()`` or log record may contain the password.
 
-Profiles: a short run by default (every CI run); ``HYPOTHESIS_PROFILE=long`` runs 1,000
-examples per property (``HYPOTHESIS_PROFILE=long pytest tests/test_properties.py``).
+Profiles (registered in tests/conftest.py): "short" by default, in every run and CI's, 40
+examples a property; ``HYPOTHESIS_PROFILE=long pytest tests/test_properties.py`` runs 1,000
+examples a property (docs/test-suite.md).
 """
 
 from __future__ import annotations
@@ -19,34 +20,29 @@ import os
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.pool import NullPool, QueuePool, StaticPool
 
-from fastapi_dbsession import DatabaseSessionManager, DBSessionError, Propagation
+from fastapi_dbsession import DatabaseSessionManager, DBSessionError, DBSessionWarning, Propagation
 
-LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
-PROFILE = settings(
-    max_examples=1000 if LONG else 40,
-    deadline=None,  # connect attempts and event loops: timing varies on a busy machine
-    database=None,  # no .hypothesis/ directory in the working tree
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+# up to a second an example (the long profile: 1,000 examples, well past the 120 s default)
+pytestmark = pytest.mark.timeout(max(120, settings.default.max_examples))
 
 # A password is three or so tokens joined by characters that need encoding. Tokens start
 # with "ZQ9", which no message of ours or of a driver contains, so finding a token in a text
 # means the password leaked (a whole token, or a part of a password split at "@" or ":").
-TOKEN = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=3, max_size=8).map(
-    lambda tail: "ZQ9" + tail
-)
-SPECIALS = st.sampled_from(list("@:/?#%& +=;!'\"[]{}|\\^`~,$") + ["", "", ""])
+TOKEN = st.text(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=3, max_size=8
+).map(lambda tail: "ZQ9" + tail)
+SPECIALS = st.sampled_from([*"@:/?#%& +=;!'\"[]{}|\\^`~,$", "", "", ""])
 SCHEMES = st.sampled_from(
     [
         "postgresql+psycopg",
@@ -198,7 +194,6 @@ def exercise(
             failed(exc)
 
 
-@PROFILE
 @given(case=secret_urls(), argument=st.sampled_from(["url", "async_url"]))
 def test_no_url_shape_shows_its_password_or_raises_a_foreign_error(
     case: tuple[str, list[str], bool], argument: str, records: Records, tmp_path: Path
@@ -245,7 +240,6 @@ SESSION_KEYS = st.sampled_from(
 )
 
 
-@PROFILE
 @given(
     engine_options=st.dictionaries(ENGINE_KEYS, VALUES, max_size=4),
     session_options=st.dictionaries(SESSION_KEYS, VALUES, max_size=3),
@@ -274,7 +268,6 @@ def test_any_options_give_a_working_manager_or_our_error(
 UNIT_VALUES = st.one_of(VALUES, st.sampled_from(list(Propagation)), st.just((ValueError,)))
 
 
-@PROFILE
 @given(
     options=st.dictionaries(
         st.sampled_from(
@@ -288,19 +281,21 @@ def test_any_unit_options_run_or_raise_our_error(options: dict[str, Any], tmp_pa
     db = DatabaseSessionManager(f"sqlite:///{tmp_path / 'units.db'}")
 
     async def use_async() -> None:
-        async with db.async_transaction(**options) as session:
-            await session.execute(text("SELECT 1"))
-        await db.async_dispose()
+        try:
+            async with db.async_transaction(**options) as session:
+                await session.execute(text("SELECT 1"))
+        finally:
+            await db.async_dispose()
 
     try:
         for run in (
             lambda: _run_sync(db, options),
             lambda: asyncio.run(use_async()),
         ):
-            try:
+            # our warnings are ours too (timeout= on SQLite says it is not enforced there)
+            with suppress(DBSessionError), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DBSessionWarning)
                 run()
-            except DBSessionError:
-                pass
     finally:
         db.dispose()
 
