@@ -9,17 +9,22 @@ which is how a commit fails for real (a constraint checked at commit, a serializ
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from fastapi_dbsession import ConfigurationError, DatabaseSessionManager, PartialCommitError
 from tests.clusters import Cluster
+from tests.test_binds import Invoice, Note
+from tests.test_binds import make_app as make_binds_app
 
 pytestmark = pytest.mark.topology
 
@@ -159,3 +164,82 @@ def test_twophase_is_refused_where_it_cannot_work() -> None:
         DatabaseSessionManager("sqlite:///x.db", twophase=True)
     with pytest.raises(ConfigurationError, match="True or False"):
         DatabaseSessionManager("postgresql+psycopg://app@db/app", twophase="yes")  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def first_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
+    """The first-declared database on another backend, with a ``notes`` table."""
+    if request.param == "sqlite":
+        url, key = make_url(f"sqlite:///{tmp_path / 'a.db'}"), "INTEGER PRIMARY KEY"
+    else:
+        url, key = request.getfixturevalue("mariadb_database"), "INTEGER PRIMARY KEY AUTO_INCREMENT"
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(text(f"CREATE TABLE notes (id {key}, body VARCHAR(10))"))
+    try:
+        yield url
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE notes"))
+        engine.dispose()
+
+
+def test_a_partial_commit_across_backends_names_the_side_that_committed(
+    pg_primary: Cluster, databases: tuple[str, str], first_url: URL, side: str
+) -> None:
+    """SQLite or MariaDB declared first commits; PostgreSQL's commit then fails."""
+    db_a, db_b = DatabaseSessionManager(first_url), managers(pg_primary, databases)[1]
+    with TestClient(make_app(db_a, db_b)) as client, pytest.raises(PartialCommitError) as caught:
+        client.post(f"/{side}/bad")
+    assert caught.value.committed == (db_a.name,)
+    assert caught.value.failed == databases[1]
+    with TestClient(make_app(db_a, db_b), raise_server_exceptions=False) as client:
+        assert client.post(f"/{side}/bad").status_code == 500
+    engine = create_engine(first_url, poolclass=NullPool)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM notes")).scalar_one() == 2
+    engine.dispose()
+    assert pg_primary.execute("SELECT count(*) FROM child", database=databases[1])[0][0] == 0
+
+
+@pytest.mark.topology
+def test_twophase_binds_commit_all_or_nothing(
+    pg_primary: Cluster, databases: tuple[str, str], side: str
+) -> None:
+    """One session over two PostgreSQL databases (a bind) with twophase=True: the bind's
+    PREPARE fails, so the default database's rows are not committed either."""
+    pg_primary.execute("CREATE TABLE bind_notes (id serial, body text)", database=databases[0])
+    for table in ("bind_invoices (id serial, amount int)", "bind_ledger (id int)"):
+        pg_primary.execute(f"CREATE TABLE {table}", database=databases[1])
+    db = DatabaseSessionManager(
+        pg_primary.url("psycopg", database=databases[0]),
+        binds={"billing": pg_primary.url("psycopg", database=databases[1])},
+        twophase=True,
+    )
+    app = make_binds_app(db)
+    on_bind = {"mapper": Invoice.__mapper__}  # raw SQL sent to the billing bind
+
+    @app.post("/bad-prepare/sync")
+    def bad_sync(session: Annotated[Session, Depends(db.session)]) -> None:
+        session.add_all([Note(body="n"), Invoice(amount=5)])
+        session.flush()  # both rows reach their servers before the commit
+        session.execute(text(BAD_B), bind_arguments=on_bind)
+
+    @app.post("/bad-prepare/async")
+    async def bad_async(session: Annotated[AsyncSession, Depends(db.async_session)]) -> None:
+        session.add_all([Note(body="n"), Invoice(amount=5)])
+        await session.flush()
+        await session.execute(text(BAD_B), bind_arguments=on_bind)
+
+    def rows() -> tuple[int, int]:
+        a, b = databases
+        (notes,) = pg_primary.execute("SELECT count(*) FROM bind_notes", database=a)[0]
+        (bills,) = pg_primary.execute("SELECT count(*) FROM bind_invoices", database=b)[0]
+        return int(notes), int(bills)
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.post(f"/bad-prepare/{side}").status_code == 500
+        assert rows() == (0, 0)
+        assert client.post(f"/{side}/commit").status_code == 200
+        assert rows() == (1, 1)
+    assert pg_primary.execute("SELECT count(*) FROM pg_prepared_xacts")[0][0] == 0

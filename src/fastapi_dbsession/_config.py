@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session
 
 from . import _checks, _drivers, _engines, _urls
+from ._binds import BindUrls, pair_binds
 from ._recording import Observability
 from ._replicas import StickyWindow, check_sticky, check_twophase, pair_replicas
 from .errors import ConfigurationError
@@ -60,6 +61,8 @@ class Config:
     """Deadline of each startup attempt, in seconds."""
     pool_saturation_warning: float | None = 0.9
     """Warn when this fraction of the pool is checked out (None: off)."""
+    binds: BindUrls = ()
+    """Bind key -> (sync URL, async URL): the databases of models with that ``__bind_key__``."""
     twophase: bool = False
     """Request sessions of several twophase managers commit by PREPARE, then COMMIT PREPARED."""
     pgbouncer: bool = False
@@ -112,11 +115,16 @@ class Config:
 
     def describe(self) -> str:
         """``url=..., async_url=...`` with passwords masked, for ``repr()`` and messages."""
-        return ", ".join(
+        described = [
             f"{name}={_urls.render(url)!r}"
             for name, url in (("url", self.url), ("async_url", self.async_url))
             if url is not None
-        )
+        ]
+        if self.binds:
+            urls = ((key, sync_url or async_url) for key, sync_url, async_url in self.binds)
+            shown = (f"{key!r}: {_urls.render(url)!r}" for key, url in urls if url is not None)
+            described.append(f"binds={{{', '.join(shown)}}}")
+        return ", ".join(described)
 
 
 def build_config(
@@ -140,6 +148,7 @@ def build_config(
     startup_timeout: float = 5.0,
     pool_saturation_warning: float | None = 0.9,
     twophase: bool = False,
+    binds: Mapping[str, str | URL] | None = None,
     pgbouncer: bool = False,
     name: str | None = None,
     record_queries: bool = False,
@@ -184,11 +193,10 @@ def build_config(
     checked_engine_options = _engines.check_engine(engine_options, argument="engine_options")
     shared_options, unshared = _async_side(checked_engine_options, final_url, final_async)
     session_defaults = _engines.check_options(session_options, argument="session_options")
+    bind_urls = pair_binds(binds)
     if twophase is not False:
-        session_defaults = {
-            **session_defaults,
-            "twophase": check_twophase(twophase, final_url or final_async),
-        }
+        urls = [final_url or final_async, *(pair[1] or pair[2] for pair in bind_urls)]
+        session_defaults = {**session_defaults, "twophase": check_twophase(twophase, urls)}
     if not (isinstance(session_class, type) and issubclass(session_class, Session)):
         raise ConfigurationError(
             f"session_class must be a subclass of sqlalchemy.orm.Session, not {session_class!r}."
@@ -212,6 +220,7 @@ def build_config(
         ),
         session_options=session_defaults,
         twophase=twophase,
+        binds=bind_urls,
         async_session_options={
             "expire_on_commit": False,
             **session_defaults,

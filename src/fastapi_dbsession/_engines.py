@@ -200,6 +200,8 @@ def create(
             f"Invalid engine options for {shown}: {_urls.mask_text(str(exc), url)}. {hint}"
         ) from None
     sync_engine: Engine = getattr(engine, "sync_engine", engine)  # type: ignore[arg-type]
+    if url.get_backend_name() != "sqlite":
+        _deadlines.bound_handshake(sync_engine)  # inside the explained connect: our errors
     _explain_connect_errors(sync_engine, url)
     if url.get_backend_name() == "sqlite":
         _sqlite_transactions(

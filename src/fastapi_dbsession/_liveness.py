@@ -19,7 +19,8 @@ Some drivers expose their socket only through attributes without a public access
 ``_transport``, PyMySQL's ``_sock``, aiomysql's ``_reader``), and SQLAlchemy has no public way
 to reconnect a checked-out connection in place (``_connection_record``). They are read with
 ``getattr`` and a default: where one is missing, the check falls back to the real ping and the
-first statement is not re-sent. No other module reads third-party internals.
+first statement is not re-sent. The only other module that reads one is ``_deadlines``
+(aiomysql's handshake coroutine, to bound it).
 """
 
 from __future__ import annotations

@@ -338,15 +338,16 @@ def check_sticky(sticky: object, replica_urls: object) -> StickyWindow | None:
     return sticky
 
 
-def check_twophase(twophase: object, url: URL | None) -> bool:
-    """The manager's ``twophase`` argument, checked against the backend."""
+def check_twophase(twophase: object, urls: Sequence[URL | None]) -> bool:
+    """The manager's ``twophase`` argument, checked against the backends (its binds' too)."""
     if twophase is not True:
         raise ConfigurationError(f"twophase must be True or False, not {twophase!r}.")
-    backend = None if url is None else url.get_backend_name()
-    if backend not in ("postgresql", None):
-        raise ConfigurationError(
-            f"twophase=True needs PostgreSQL (PREPARE TRANSACTION), not {backend}: leave it "
-            "off; a request that writes to several databases then commits them one after "
-            "another and reports a partial commit."
-        )
+    for url in urls:
+        if url is not None and url.get_backend_name() != "postgresql":
+            raise ConfigurationError(
+                f"twophase=True needs PostgreSQL (PREPARE TRANSACTION), not "
+                f"{url.get_backend_name()} "
+                f"({_urls.render(url)}): leave it off; a request that writes to several "
+                "databases then commits them one after another and reports a partial commit."
+            )
     return True

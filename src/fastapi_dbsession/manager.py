@@ -58,8 +58,8 @@ class DatabaseSessionManager(
         engine: An ``Engine`` you built (custom ``creator``, shared with Alembic or a CLI),
             used as it is instead of ``url``: no options or listeners added.
         async_engine: The same for the async side, instead of ``async_url``.
-        dispose_engines: Let the lifespan's shutdown dispose the given engines too (by
-            default they are yours: only ``db.dispose()`` disposes them).
+        dispose_engines: Let the lifespan's shutdown dispose the given engines too (default:
+            they are yours, only ``db.dispose()`` disposes them).
         name: This database's name in log lines and metrics (default: the URL's database
             name, a SQLite file's stem, else ``"default"``).
         record_queries: Count and time each request's SQL statements and log one line per
@@ -76,7 +76,10 @@ class DatabaseSessionManager(
         startup_timeout: The deadline of each startup attempt, in seconds.
         pool_saturation_warning: Log a WARNING (at most once a minute per pool) when this
             fraction of the pool is checked out; None turns it off.
-        twophase: Several databases in one request commit by two-phase commit (PostgreSQL).
+        twophase: A request (or session) that wrote to several databases commits them by
+            two-phase commit (PostgreSQL, ``max_prepared_transactions > 0``).
+        binds: ``{bind key: URL}``: models with ``__bind_key__`` (or ``info={"bind_key": ...}``
+            on their table) use that database, in the same session (see docs/scaling.md).
         pgbouncer: The database is reached through PgBouncer in transaction (or statement)
             pooling mode: every PostgreSQL driver is kept off server-side prepared statements
             (see docs/scaling.md).
@@ -127,6 +130,7 @@ class DatabaseSessionManager(
         startup_timeout: float = 5.0,
         pool_saturation_warning: float | None = 0.9,
         twophase: bool = False,
+        binds: Mapping[str, str | URL] | None = None,
         pgbouncer: bool = False,
         command_timeout: float | None = 60.0,
         connect_timeout: float | None = 10.0,
