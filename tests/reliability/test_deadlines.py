@@ -9,7 +9,10 @@ uvicorn is tests/reliability/test_frozen_database.py.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+import warnings
 
 import anyio
 import pytest
@@ -104,6 +107,59 @@ async def test_asyncpg_gets_the_deadline_too(
         assert await _run(db, "async", "SELECT 3") == 3
     finally:
         await db.async_dispose()
+
+
+@pytest.mark.postgresql
+def test_a_shorter_deadline_is_kept_while_a_longer_one_runs(
+    request: pytest.FixtureRequest,
+) -> None:
+    """The watchdog sleeps until the earliest deadline it knows: a shorter one must wake it."""
+    url = request.getfixturevalue("postgres_schema")
+    patient = DatabaseSessionManager(url, command_timeout=30)
+    hasty = DatabaseSessionManager(url, command_timeout=0.5)
+    started = threading.Event()
+
+    def long_statement() -> None:
+        with patient.transaction() as session:
+            started.set()
+            session.execute(text("SELECT pg_sleep(2)"))
+
+    worker = threading.Thread(target=long_statement)
+    worker.start()
+    try:
+        started.wait(10)
+        time.sleep(0.3)  # the long statement is on its way: its deadline is the known one
+        with pytest.raises(CommandTimeoutError), hasty.transaction() as session:
+            session.execute(text("SELECT pg_sleep(3)"))
+    finally:
+        worker.join()
+        patient.dispose()
+        hasty.dispose()
+
+
+@pytest.mark.postgresql
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_a_forked_child_keeps_the_deadline(request: pytest.FixtureRequest) -> None:
+    """A worker forked after the engine was used (gunicorn --preload) has a watchdog too."""
+    db = DatabaseSessionManager(request.getfixturevalue("postgres_schema"), command_timeout=0.5)
+    with db.transaction() as session:
+        session.execute(text("SELECT 1"))  # the parent's watchdog thread runs now
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads running
+        pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its statement was cut by the deadline
+        code = 1
+        try:
+            db.engine.dispose(close=False)  # the parent's pooled connections stay the parent's
+            with db.transaction() as session:
+                session.execute(text("SELECT pg_sleep(3)"))
+        except CommandTimeoutError:
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    db.dispose()
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_connect_timeout_reaches_every_driver() -> None:
