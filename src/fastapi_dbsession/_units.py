@@ -25,7 +25,7 @@ from . import _checks
 from ._compat import warn
 from ._frames import Frame, Hook, Root, active_frame, describe, frame_of_session, hooks_owner
 from ._frames import sync_view as _sync_view
-from ._outcome import commit
+from ._outcome import commit, rollback
 from ._sessions import (
     ENDED_MESSAGE,
     FINISHED,
@@ -481,7 +481,7 @@ _SHARED_STEPS: Mapping[type, Callable[[Any], object]] = {
     Execute: lambda step: _sync_view(step.session).execute(text(step.sql)),
     BeginNested: lambda step: _sync_view(step.session).begin_nested(),
     Commit: lambda step: commit(_sync_view(step.target)),  # a lost connection: outcome unknown
-    Rollback: lambda step: _sync_view(step.target).rollback(),
+    Rollback: lambda step: rollback(_sync_view(step.target)),  # a lost connection rolled back
     Close: lambda step: _sync_view(step.session).close(),
     Finish: _finish,
 }
