@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install the tools the topology tests start themselves (tests/clusters.py): PgBouncer.
-# PostgreSQL's own binaries (initdb, pg_ctl, pg_basebackup) come with the server package.
+# Install the tools the topology tests start themselves (tests/clusters.py, tests/mariadb.py):
+# PgBouncer, and mariadbd for a MariaDB server of their own (mariadb-server, usually there for
+# the shared server already). PostgreSQL's own binaries (initdb, pg_ctl, pg_basebackup) come
+# with the server package.
 # Idempotent and quiet: installs only what is missing, via apt-get, as root or with passwordless
 # sudo. Where it cannot install, it says why and exits 0: the topology tests then skip with a
 # hint, or fail under CI=true.
@@ -8,6 +10,7 @@ set -uo pipefail
 
 missing=()
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 [ "${#missing[@]}" -eq 0 ] && exit 0
 
 say() { echo "install-tools: $*" >&2; }

@@ -108,7 +108,11 @@ def test_route_statuses_can_commit_a_returned_4xx_deliberately(backend: Backend)
     [
         ("2xx", "not a collection of status codes"),
         (200, "not a collection of status codes"),
+        (b"200", "not a collection of status codes"),
         ({200, 999}, "999, which is not an HTTP status code"),
+        ({99, 200}, "99, which is not an HTTP status code"),
+        ({200, 600}, "600, which is not an HTTP status code"),
+        ({200, "201"}, "'201', which is not an HTTP status code"),
     ],
 )
 def test_bad_statuses_are_refused(statuses: object, message: str) -> None:
@@ -117,3 +121,31 @@ def test_bad_statuses_are_refused(statuses: object, message: str) -> None:
     db = DatabaseSessionManager("sqlite://")
     with pytest.raises(ConfigurationError, match=message):
         db.commit_policy("commit", statuses=statuses)  # type: ignore[arg-type]
+
+
+def test_a_bad_statuses_value_is_refused_with_the_fix() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        DatabaseSessionManager("sqlite://", commit_statuses="2xx")  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "commit_statuses='2xx' is not a collection of status codes. Pass the statuses whose "
+        "responses commit, e.g. commit_statuses=range(200, 400) (redirects commit too) or "
+        "commit_statuses={200, 201, 204}."
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        DatabaseSessionManager("sqlite://", commit_statuses={200, 999})
+    assert str(caught.value) == (
+        "commit_statuses holds 999, which is not an HTTP status code (100-599)."
+    )
+
+
+class Below400:
+    """A container that cannot be iterated: only asked whether a status is in it."""
+
+    def __contains__(self, status: object) -> bool:
+        return isinstance(status, int) and status < 400
+
+
+@pytest.mark.parametrize("statuses", [{100, 599}, range(100, 600), Below400()])
+def test_every_http_status_and_any_container_is_accepted(statuses: object) -> None:
+    DatabaseSessionManager("sqlite://", commit_statuses=statuses)  # type: ignore[arg-type]
+    DatabaseSessionManager("sqlite://").commit_policy("commit", statuses=statuses)  # type: ignore[arg-type]

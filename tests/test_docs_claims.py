@@ -69,3 +69,32 @@ def test_the_checks_catch_the_claims_issue_17_found() -> None:
         assert FUTURE_TENSE.search(line) or any(
             re.search(pattern, line, re.IGNORECASE) for pattern, _ in SHIPPED
         ), line
+
+
+# `tests/test_x.py::test_name` (or `tests/dir/`) as the docs cite them; a `::name` may also be
+# continued on its own (`, ::test_other`), meaning the same file.
+CITATION = re.compile(r"(tests/[\w/]+\.py|tests/\w+/)((?:::\w+)?)((?:`?, `?::\w+)*)")
+
+
+def _citations() -> list[tuple[str, str, str]]:
+    found = []
+    for page in PAGES:
+        text = page.read_text()
+        for match in CITATION.finditer(text):
+            path, first, more = match.groups()
+            names = [first, *re.findall(r"::\w+", more)] if first else [""]
+            for name in names:
+                found.append((str(page.relative_to(ROOT)), path, name.removeprefix("::")))
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize(("page", "path", "name"), _citations())
+def test_every_cited_test_exists(page: str, path: str, name: str) -> None:
+    """A test the docs cite as a proof is there, under that name (renames break citations)."""
+    target = ROOT / path
+    assert target.exists(), f"{page} cites {path}, which does not exist"
+    if name:
+        source = target.read_text()
+        assert re.search(rf"^(async )?def {name}\(", source, re.MULTILINE), (
+            f"{page} cites {path}::{name}, which is not a test in that file"
+        )

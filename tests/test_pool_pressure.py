@@ -63,6 +63,7 @@ async def _burst(url: str, count: int) -> list[tuple[int | str, float, str | Non
         return await asyncio.gather(*(one() for _ in range(count)))
 
 
+@pytest.mark.reliability  # part of the fault-injection suite (docs/guarantees.md)
 def test_40_slow_requests_on_a_pool_of_2_get_2xx_or_503_within_the_wait(
     server: str, side: str
 ) -> None:

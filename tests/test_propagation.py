@@ -331,3 +331,149 @@ def test_planner_errors_say_what_is_wrong_and_the_fix(
     with pytest.raises(error) as caught:
         call()  # type: ignore[operator]
     assert str(caught.value) == message
+
+
+# -- options, the commit rule and retry decisions, field by field (mutation testing, issue 18:
+# each test below fails on a mutant of propagation.py that every other fast test let through) --
+
+
+def test_default_options_are_the_documented_ones() -> None:
+    """Leaving every option out gives a read-write, non-durable unit with no limits."""
+    assert make_options() == propagation.UnitOptions()
+    options = make_options()
+    assert (options.read_only, options.durable, options.isolation_level) == (False, False, None)
+    assert (options.timeout, options.retries, options.retry_deadline) == (None, 0, None)
+
+
+def test_options_keep_every_value_that_was_asked() -> None:
+    options = make_options(
+        propagation=P.NESTED,
+        isolation_level="serializable",
+        read_only=True,
+        timeout=2.5,
+        durable=True,
+        retries=4,
+        retry_deadline=3.0,
+    )
+    assert options.propagation is P.NESTED
+    assert options.isolation_level == "SERIALIZABLE"  # spelled as SQLAlchemy expects
+    assert (options.read_only, options.durable) == (True, True)
+    assert (options.timeout, options.retries, options.retry_deadline) == (2.5, 4, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"isolation_level": "sometimes"},
+            "isolation_level='sometimes' is not an isolation level.",
+        ),
+        ({"read_only": "no"}, "read_only='no' must be True or False, not str."),
+        ({"durable": 1}, "durable=1 must be True or False, not int."),
+        (
+            {"retry_on_lock_timeout": "yes"},
+            "retry_on_lock_timeout='yes' must be True or False, not str.",
+        ),
+        ({"retries": True}, "retries=True must be a whole number >= 0"),
+        ({"retries": 1.5}, "retries=1.5 must be a whole number >= 0"),
+        ({"timeout": True}, "timeout=True must be a number of seconds > 0"),
+        ({"timeout": "5"}, "timeout='5' must be a number of seconds > 0"),
+        (
+            {"retries": 1, "retry_deadline": -1.0},
+            "retry_deadline=-1.0 must be a number of seconds > 0, e.g. retry_deadline=5.0",
+        ),
+        (
+            {"retry_deadline": 2.0},
+            "retry_deadline=2.0 bounds the time spent retrying, but retries is 0, so nothing is "
+            "retried. Set retries=N too, e.g. retries=5, retry_deadline=2.0.",
+        ),
+    ],
+)
+def test_each_bad_option_is_named_in_its_error(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        make_options(**options)  # type: ignore[arg-type]
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_sub_second_limits_are_accepted() -> None:
+    options = make_options(timeout=0.5, retries=1, retry_deadline=0.25)
+    assert (options.timeout, options.retry_deadline) == (0.5, 0.25)
+
+
+@pytest.mark.parametrize(
+    ("policy", "error", "status", "statuses", "expected"),
+    [
+        ("manual", None, 200, None, False),  # never commits for you
+        ("read_only", None, 200, None, False),
+        ("commit", ValueError(), 200, None, False),  # an error always rolls back
+        ("commit", ValueError(), 200, {200}, False),
+        ("commit", None, None, {200}, True),  # no status known: 200
+        ("commit", None, None, {201}, False),
+        ("commit", None, 201, {201}, True),
+        ("commit", None, 200, {201}, False),
+        ("commit", None, 302, range(200, 400), True),
+        ("commit", None, 400, range(200, 400), False),
+    ],
+)
+def test_the_commit_rule(
+    policy: str, error: BaseException | None, status: int | None, statuses: object, expected: bool
+) -> None:
+    """The table of docs/request-session.md: policy, error, status, commit_statuses."""
+    assert should_commit(policy, error, status, statuses) is expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "active",
+    [
+        Active(untouched=True, adoptable=False),  # a db.transaction() block, not begun
+        Active(untouched=False, adoptable=True),  # a request session that already queried
+    ],
+)
+def test_retries_adopt_only_a_request_session_that_has_not_begun(active: Active) -> None:
+    with pytest.raises(ConfigurationError, match="outermost"):
+        plan_unit_of_work(P.REQUIRED, active, retries=2)
+
+
+@pytest.mark.parametrize(
+    ("error", "lock_timeouts", "cause"),
+    [
+        (SERIALIZATION, False, ("40001", "serialization failure", None)),
+        (Wrapped(FakeDriverError(sqlstate="40P01")), False, ("40P01", "deadlock", None)),
+        (Wrapped(FakeDriverError(1213, "Deadlock found")), False, ("40001", "deadlock", 1213)),
+        (LOCK_WAIT, True, ("HY000", "lock wait timeout", 1205)),
+    ],
+)
+def test_the_retry_cause_names_the_sqlstate_kind_and_code(
+    error: BaseException, lock_timeouts: bool, cause: tuple[str, str, int | None]
+) -> None:
+    """What the retry log line shows (docs/transactions.md: "retrying ... 40P01 deadlock")."""
+    assert tuple(propagation.retry_cause(error, lock_timeouts=lock_timeouts) or ()) == cause
+    options = make_options(retries=1, retry_on_lock_timeout=lock_timeouts)
+    assert plan_retry(error, 1, options, elapsed=0.0).cause == cause
+
+
+def test_a_mysql_error_number_is_read_before_an_sqlstate_further_down() -> None:
+    """A MySQL error that is not a deadlock (1062, duplicate key) is not retried, whatever
+    its chain holds; the chain is still walked past an error with no number."""
+    duplicate = Wrapped(FakeDriverError(1062, "Duplicate entry", sqlstate="40001"))
+    assert propagation.retry_cause(duplicate) is None
+    assert propagation.retry_cause(LOCK_WAIT) is None  # lock wait timeouts: only when asked
+    outer = Wrapped(FakeDriverError("no number"))
+    outer.__cause__ = Wrapped(FakeDriverError(1213, "Deadlock found"))
+    assert propagation.retry_cause(outer) == ("40001", "deadlock", 1213)
+
+
+def test_a_retryable_error_that_is_not_retried_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The given-up reason and the cause reach the log line of the final failure."""
+    monkeypatch.setattr(propagation.random, "uniform", lambda low, high: high)
+    cause = ("40001", "serialization failure", None)
+    off = plan_retry(SERIALIZATION, 1, make_options(retries=2), elapsed=0.0, enabled=False)
+    assert off == (None, cause, "retries are switched off")
+    spent = plan_retry(SERIALIZATION, 3, make_options(retries=2), elapsed=0.0)
+    assert spent == (None, cause, "retries=2 exhausted")
+    options = make_options(retries=5, retry_deadline=1.0)
+    # attempt 1 waits 0.02 s: 0.97 + 0.02 stays inside the deadline, 0.99 + 0.02 does not
+    assert plan_retry(SERIALIZATION, 1, options, elapsed=0.97) == (0.02, cause, None)
+    assert plan_retry(SERIALIZATION, 1, options, elapsed=0.98) == (0.02, cause, None)
+    late = plan_retry(SERIALIZATION, 1, options, elapsed=0.99)
+    assert late == (None, cause, "retry_deadline=1s reached")

@@ -17,13 +17,14 @@ import pytest
 from fastapi import Depends, FastAPI
 from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
-from sqlalchemy import URL, text
+from sqlalchemy import URL, make_url, text
 from sqlalchemy.orm import Session
 
 from fastapi_dbsession import (
     ConfigurationError,
     DatabaseSessionManager,
     DatabaseUnavailableError,
+    _secrets,
 )
 
 SECRET = "Zq8s3cr3tPw"
@@ -89,6 +90,34 @@ def test_unusable_url_is_refused_without_its_password(
     _assert_hidden(_shown(caught.value), logs.text)
 
 
+# (URL, how the error shows it): the password masked, and all the rest kept that can be kept
+# safely, so that the user recognises the URL (the scheme, a plain user name, the host).
+SHOWN = [
+    (f"postgresql//u:{SECRET}@h/db", "postgresql//u:***@h/db"),
+    (f"postgresql:u:{SECRET}@h/db", "postgresql:***@h/db"),  # "u:" could be the password
+    (f"u:{SECRET}@h/db", "u:***@h/db"),
+    (f"postgresql+psycopg://u:{SECRET}", "postgresql+psycopg://u:***"),
+    (f"postgresql+psycopg://u:pa:{SECRET}", "postgresql+psycopg://u:***"),
+    (f"postgresql+psycopg://u:{SECRET}/db", "postgresql+psycopg://u:***"),
+    (f"postgresql+psycopg://u:pa@{SECRET}@h/db", "postgresql+psycopg://u:***@h/db"),
+    (f"postgresql+psycopg://u:pa:{SECRET}@x@h/db", "postgresql+psycopg://u:***@h/db"),
+    (f"postgresql+psycopg://u s:{SECRET}@x@h/db", "postgresql+psycopg://***@h/db"),  # not plain
+    ("postgresql+psycopg://us@er@h/db", "postgresql+psycopg://***@h/db"),
+    (
+        f"postgresql+psycopg://u@h/db?password=ab@{SECRET}",
+        "postgresql+psycopg://u@h/db?password=***",
+    ),
+    (f"http://u:{SECRET}@x/db", "http://u:***@x/db"),
+]
+
+
+@pytest.mark.parametrize(("url", "shown"), SHOWN)
+def test_a_refused_url_is_shown_with_only_its_password_masked(url: str, shown: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        DatabaseSessionManager(url)
+    assert str(caught.value).startswith(f"url={shown!r}"), str(caught.value)
+
+
 def test_a_sqlalchemy_url_object_is_checked_too() -> None:
     url = URL.create("postgresql+psycopg", username="u", password=SECRET, host="pa@h")
     with pytest.raises(ConfigurationError, match="more than one '@'|contains an '@'") as caught:
@@ -130,12 +159,15 @@ def test_other_secret_query_values_are_masked_in_our_messages(
     logs: pytest.LogCaptureFixture,
 ) -> None:
     """sslpassword stays in the query (SQLAlchemy's own str(url) shows it): ours mask it."""
-    db = DatabaseSessionManager(f"postgresql+psycopg://u@127.0.0.1:1/db?sslpassword={SECRET}")
+    db = DatabaseSessionManager(
+        f"postgresql+psycopg://u@127.0.0.1:1/db?sslmode=disable&sslpassword={SECRET}"
+    )
     with pytest.raises(DatabaseUnavailableError) as caught, db.transaction() as session:
         session.execute(text("SELECT 1"))
     db.dispose()
 
     assert "sslpassword=***" in repr(db)
+    assert "sslmode=disable" in repr(db)  # only the secret values are masked
     _assert_hidden(repr(db), _shown(caught.value), logs.text)
 
 
@@ -216,3 +248,29 @@ def test_driver_refusing_connect_arguments_is_a_configuration_error() -> None:
     with refused as caught, db.transaction() as session:
         session.execute(text("SELECT 1"))
     assert caught.value.__cause__ is not None
+
+
+# -- the masking functions themselves (the unit under test: every message, log line and repr()
+# above goes through them; these pin what mutation testing found unpinned, issue 18) ---------
+
+
+def test_the_secrets_of_a_url_are_its_password_and_password_like_query_values() -> None:
+    url = make_url(f"postgresql+psycopg://u:{SECRET}@h/db?sslpassword=a1b&sslpassword=c2d&x=1")
+    assert _secrets.secrets_of(url) == (SECRET, "a1b", "c2d")
+    assert _secrets.secrets_of(make_url("postgresql+psycopg://u@h/db?api_key=k3y")) == ("k3y",)
+    assert _secrets.secrets_of(None) == ()
+
+
+def test_a_longer_secret_is_masked_whole_before_a_shorter_one_inside_it() -> None:
+    text = f"failed: {SECRET}xyz and {SECRET}"
+    assert _secrets.mask_text(text, [SECRET, SECRET + "xyz"]) == "failed: *** and ***"
+
+
+def test_secrets_of_three_characters_are_masked_and_shorter_ones_are_not() -> None:
+    assert _secrets.mask_text("user abc, pw ab", ["abc", "ab"]) == "user ***, pw ab"
+
+
+def test_every_url_encoding_of_a_secret_is_masked() -> None:
+    secret = "p/ss w@rd"
+    for spelling in (secret, "p%2Fss+w%40rd", "p%2Fss%20w%40rd"):
+        assert _secrets.mask_text(f"in {spelling}.", [secret]) == "in ***."

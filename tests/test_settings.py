@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +12,15 @@ import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from sqlalchemy import text
+from sqlalchemy import URL, text
 from sqlalchemy.orm import Session
 
-from fastapi_dbsession import DatabaseSessionManager, DatabaseSettings, DatabaseUnavailableError
+from fastapi_dbsession import (
+    CommandTimeoutError,
+    DatabaseSessionManager,
+    DatabaseSettings,
+    DatabaseUnavailableError,
+)
 from tests.conftest import Backend
 
 SENTINEL = "s3cret-Pa55word"
@@ -100,7 +107,7 @@ os.environ["DATABASE_URL"] = "sqlite:///{tmp_path / "app.db"}"
 import fastapi_dbsession
 db = fastapi_dbsession.DatabaseSessionManager.from_env()
 with db.transaction() as session:
-    from sqlalchemy import text
+    from sqlalchemy import URL, text
     assert session.execute(text("SELECT 1")).scalar_one() == 1
 try:
     fastapi_dbsession.DatabaseSettings
@@ -111,3 +118,67 @@ except fastapi_dbsession.MissingDriverError as exc:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
     assert 'pip install "fastapi-dbsession[settings]"' in result.stdout
+
+
+def test_observability_and_replica_variables_reach_the_manager(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    primary, replica = tmp_path / "primary.db", tmp_path / "replica.db"
+    for path, where in ((primary, "primary"), (replica, "replica")):
+        with DatabaseSessionManager(f"sqlite:///{path}").transaction() as session:
+            session.execute(text("CREATE TABLE origin (name TEXT)"))
+            session.execute(text("INSERT INTO origin VALUES (:where)"), {"where": where})
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{primary}")
+    monkeypatch.setenv("DATABASE_REPLICA_URLS", f'["sqlite:///{replica}"]')
+    monkeypatch.setenv("DATABASE_NAME", "orders")
+    monkeypatch.setenv("DATABASE_RECORD_QUERIES", "true")
+    monkeypatch.setenv("DATABASE_SLOW_QUERY_THRESHOLD", "0.000001")  # every statement is slow
+    monkeypatch.setenv("DATABASE_POOL_SATURATION_WARNING", "none")
+    caplog.set_level(logging.INFO, logger="fastapi_dbsession")
+    db = DatabaseSessionManager.from_settings(DatabaseSettings())
+    app = FastAPI(lifespan=db.lifespan)
+
+    @app.get("/origin")
+    def origin(session: Session = Depends(db.read_session)) -> str:
+        return str(session.execute(text("SELECT name FROM origin")).scalar_one())
+
+    with TestClient(app) as client:
+        assert client.get("/origin").json() == "replica"  # DATABASE_REPLICA_URLS
+
+    by_logger = {record.name: record for record in caplog.records}
+    recorded = by_logger["fastapi_dbsession.queries"]  # DATABASE_RECORD_QUERIES
+    assert recorded.database == "orders"  # type: ignore[attr-defined]  # DATABASE_NAME
+    assert "SELECT name FROM origin" in by_logger["fastapi_dbsession.slow_queries"].getMessage()
+    assert DatabaseSettings().pool_saturation_warning is None  # "none" turns the warning off
+
+
+@pytest.mark.postgresql
+def test_deadline_variables_reach_the_engine(
+    postgres_schema: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", postgres_schema.render_as_string(hide_password=False))
+    monkeypatch.setenv("DATABASE_COMMAND_TIMEOUT", "0.5")
+    monkeypatch.setenv("DATABASE_CONNECT_TIMEOUT", "none")
+    settings = DatabaseSettings()
+    assert settings.connect_timeout is None  # "none": the driver's own
+    db = DatabaseSessionManager.from_settings(settings)
+    try:
+        with (
+            pytest.raises(CommandTimeoutError, match=r"command_timeout=0\.5 seconds"),
+            db.transaction() as session,
+        ):
+            session.execute(text("SELECT pg_sleep(3)"))
+        assert db.engine.pool.checkedout() == 0
+    finally:
+        db.dispose()
+
+
+def test_settings_defaults_are_the_managers_defaults() -> None:
+    """A variable left unset behaves as the constructor argument left out."""
+    constructor = inspect.signature(DatabaseSessionManager).parameters
+    arguments = DatabaseSettings(url="sqlite://").manager_arguments()
+    for name, value in arguments.items():
+        if name in {"url", "async_url"}:
+            continue
+        default = constructor[name].default
+        assert value == (list(default) if isinstance(default, tuple) else default), name

@@ -28,7 +28,11 @@ from sqlalchemy.pool import NullPool
 from fastapi_dbsession import DatabaseSessionManager
 from tests.conftest import Backend
 
-pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+pytestmark = [
+    pytest.mark.reliability,  # part of the fault-injection suite (docs/guarantees.md)
+    pytest.mark.anyio,
+    pytest.mark.parametrize("anyio_backend", ["asyncio"]),
+]
 
 POOL = 4
 REQUESTS = 20

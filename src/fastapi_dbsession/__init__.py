@@ -8,6 +8,7 @@ from ._probes import PingResult
 from ._replicas import StickyWindow
 from .decorators import CURRENT_SESSION, transactional
 from .errors import (
+    CommandTimeoutError,
     CommitOutcomeUnknownError,
     ConcurrentSessionUseError,
     ConfigurationError,
@@ -18,6 +19,7 @@ from .errors import (
     MissingDriverError,
     NoActiveSessionError,
     NoActiveTransactionError,
+    PartialCommitError,
     PoolTimeoutError,
     SessionFinishedError,
     SyncAsyncMismatchError,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:  # imported on first use below: it needs the [settings] extra
 
 __all__ = [
     "CURRENT_SESSION",
+    "CommandTimeoutError",
     "CommitOutcomeUnknownError",
     "CommitPolicy",
     "ConcurrentSessionUseError",
@@ -47,6 +50,7 @@ __all__ = [
     "MissingDriverError",
     "NoActiveSessionError",
     "NoActiveTransactionError",
+    "PartialCommitError",
     "PingResult",
     "PoolStatus",
     "PoolTimeoutError",

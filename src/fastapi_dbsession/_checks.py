@@ -57,6 +57,30 @@ def flag(value: object, *, argument: str) -> bool:
     return value
 
 
+def timeouts(
+    *, connect_timeout: object, command_timeout: object
+) -> tuple[float | None, float | None]:
+    """Return ``(connect_timeout, command_timeout)``: each a positive number of seconds or None.
+
+    Raises:
+        ConfigurationError: Zero, a negative number, a bool or a string.
+    """
+    checked: list[float | None] = []
+    for argument, value in (
+        ("connect_timeout", connect_timeout),
+        ("command_timeout", command_timeout),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+        ):
+            raise ConfigurationError(
+                f"{argument}={value!r} must be a positive number of seconds, or None to wait "
+                f"without a client-side limit, e.g. {argument}=30."
+            )
+        checked.append(None if value is None else float(value))
+    return checked[0], checked[1]
+
+
 def pool_number(name: str, value: float, *, argument: str) -> None:
     """Refuse a pool size, overflow, timeout or recycle below its minimum.
 

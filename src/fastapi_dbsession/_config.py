@@ -1,9 +1,9 @@
 """Check the manager's arguments once and freeze them into a :class:`Config`.
 
-The constructor's arguments and ``from_env``'s variables both end up here: URLs are parsed
-and paired (an asyncio URL given as ``url`` becomes ``async_url``; the missing side is derived
-for known driver pairs), option mappings are type-checked and copied, the session classes and
-the commit policy are validated. Nothing here creates an engine or does I/O.
+The constructor's arguments and ``from_env``'s variables (read by :mod:`._environ`) end up
+here: URLs are parsed and paired (an asyncio URL given as ``url`` becomes ``async_url``; the
+missing side is derived for known driver pairs), option mappings are type-checked and copied,
+the session classes and the commit policy are validated. Nothing here creates an engine or does I/O.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session
 
 from . import _checks, _drivers, _engines, _urls
+from ._binds import BindUrls, pair_binds
 from ._recording import Observability
-from ._replicas import StickyWindow, check_sticky, pair_replicas
+from ._replicas import StickyWindow, check_sticky, check_twophase, pair_replicas
 from .errors import ConfigurationError
 from .propagation import CommitPolicy, check_policy, check_statuses
 
@@ -60,6 +61,10 @@ class Config:
     """Deadline of each startup attempt, in seconds."""
     pool_saturation_warning: float | None = None
     """Warn when this fraction of the pool is checked out (None, the default: off)."""
+    binds: BindUrls = ()
+    """Bind key -> (sync URL, async URL): the databases of models with that ``__bind_key__``."""
+    twophase: bool = False
+    """Request sessions of several twophase managers commit by PREPARE, then COMMIT PREPARED."""
     pgbouncer: bool = False
     """Keep every PostgreSQL driver off server-side prepared statements (PgBouncer)."""
     unshared_connect_args: tuple[str, ...] = ()
@@ -67,6 +72,8 @@ class Config:
     name: str = "default"
     """The database's name in logs, metrics and engine logging names."""
     observability: Observability = dataclasses.field(default_factory=Observability)
+    timeouts: tuple[float | None, float | None] = (10.0, 60.0)
+    """Client-side deadlines in seconds: ``(connect_timeout, command_timeout)`` (None: none)."""
 
     def with_urls(self, url: URL | None, async_url: URL | None) -> Config:
         """The same configuration on other databases (the testing helpers' test database)."""
@@ -108,11 +115,16 @@ class Config:
 
     def describe(self) -> str:
         """``url=..., async_url=...`` with passwords masked, for ``repr()`` and messages."""
-        return ", ".join(
+        described = [
             f"{name}={_urls.render(url)!r}"
             for name, url in (("url", self.url), ("async_url", self.async_url))
             if url is not None
-        )
+        ]
+        if self.binds:
+            urls = ((key, sync_url or async_url) for key, sync_url, async_url in self.binds)
+            shown = (f"{key!r}: {_urls.render(url)!r}" for key, url in urls if url is not None)
+            described.append(f"binds={{{', '.join(shown)}}}")
+        return ", ".join(described)
 
 
 def build_config(
@@ -135,12 +147,16 @@ def build_config(
     startup_retries: int = 3,
     startup_timeout: float = 5.0,
     pool_saturation_warning: float | None = None,
+    twophase: bool = False,
+    binds: Mapping[str, str | URL] | None = None,
     pgbouncer: bool = False,
     name: str | None = None,
     record_queries: bool = False,
     slow_query_threshold: float | None = None,
     log_query_parameters: bool = False,
     hold_warning_threshold: float | None = None,
+    command_timeout: float | None = 60.0,
+    connect_timeout: float | None = 10.0,
 ) -> Config:
     """Check the constructor's arguments and return the frozen configuration.
 
@@ -177,6 +193,10 @@ def build_config(
     checked_engine_options = _engines.check_engine(engine_options, argument="engine_options")
     shared_options, unshared = _async_side(checked_engine_options, final_url, final_async)
     session_defaults = _engines.check_options(session_options, argument="session_options")
+    bind_urls = pair_binds(binds)
+    if twophase is not False:
+        urls = [final_url or final_async, *(pair[1] or pair[2] for pair in bind_urls)]
+        session_defaults = {**session_defaults, "twophase": check_twophase(twophase, urls)}
     if not (isinstance(session_class, type) and issubclass(session_class, Session)):
         raise ConfigurationError(
             f"session_class must be a subclass of sqlalchemy.orm.Session, not {session_class!r}."
@@ -196,6 +216,8 @@ def build_config(
             else _engines.check_engine(async_engine_options, argument="async_engine_options")
         ),
         session_options=session_defaults,
+        twophase=twophase,
+        binds=bind_urls,
         async_session_options={
             "expire_on_commit": False,
             **session_defaults,
@@ -217,6 +239,7 @@ def build_config(
         unshared_connect_args=unshared if async_engine_options is None else (),
         replica_urls=pair_replicas(replica_urls),
         sticky_window=check_sticky(sticky_window, replica_urls),
+        timeouts=_checks.timeouts(connect_timeout=connect_timeout, command_timeout=command_timeout),
     )
     for side_url, options in (
         (config.url, config.engine_options),
@@ -421,73 +444,3 @@ def _pair_urls(
 
 def _derive(url: URL | None, twin: Callable[[URL], URL | None]) -> URL | None:
     return None if url is None else twin(url)
-
-
-# from_env: (variable suffix, engine option, parser)
-_ENV_OPTIONS: tuple[tuple[str, str, str], ...] = (
-    ("POOL_SIZE", "pool_size", "int"),
-    ("MAX_OVERFLOW", "max_overflow", "int"),
-    ("POOL_TIMEOUT", "pool_timeout", "float"),
-    ("POOL_RECYCLE", "pool_recycle", "int"),
-    ("POOL_PRE_PING", "pool_pre_ping", "flag"),
-    ("ECHO", "echo", "flag"),
-)
-
-
-def env_arguments(
-    environ: Mapping[str, str], prefix: str, overrides: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Read the constructor's arguments from environment variables named ``{prefix}...``.
-
-    Raises:
-        ConfigurationError: No URL variable is set, or a number or flag does not parse.
-    """
-    options: dict[str, Any] = {}
-    for suffix, option, kind in _ENV_OPTIONS:
-        raw = environ.get(prefix + suffix)
-        if raw is None or raw == "":
-            continue
-        try:
-            options[option] = parse_bool(raw) if kind == "flag" else _NUMBERS[kind](raw)
-        except ValueError:
-            described = "flag (true/false)" if kind == "flag" else kind
-            raise ConfigurationError(
-                f"Environment variable {prefix}{suffix}={raw!r} is not a valid {described}."
-            ) from None
-    arguments: dict[str, Any] = {
-        "url": environ.get(prefix + "URL") or None,
-        "async_url": environ.get(prefix + "ASYNC_URL") or None,
-    }
-    if options:
-        arguments["engine_options"] = options
-    if environ.get(prefix + "PGBOUNCER"):
-        try:
-            arguments["pgbouncer"] = parse_bool(environ[prefix + "PGBOUNCER"])
-        except ValueError:
-            raise ConfigurationError(
-                f"Environment variable {prefix}PGBOUNCER={environ[prefix + 'PGBOUNCER']!r} "
-                "is not a valid flag (true/false)."
-            ) from None
-    if environ.get(prefix + "COMMIT_POLICY"):
-        arguments["commit_policy"] = environ[prefix + "COMMIT_POLICY"]
-    arguments.update(overrides)
-    if arguments["url"] is None and arguments["async_url"] is None:
-        raise ConfigurationError(
-            f"DatabaseSessionManager.from_env() found neither {prefix}URL nor "
-            f"{prefix}ASYNC_URL in the environment. Set one, e.g. "
-            f"{prefix}URL=postgresql+psycopg://app@localhost/app."
-        )
-    return arguments
-
-
-_NUMBERS: dict[str, Callable[[str], int | float]] = {"int": int, "float": float}
-
-
-def parse_bool(raw: str) -> bool:
-    """Read a flag the way environment variables spell them (1/0, true/false, yes/no, on/off)."""
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)

@@ -11,6 +11,7 @@ attached and every new session comes from it instead of the session factories.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -24,6 +25,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import _compat, _engines, _pressure, _urls
+from ._binds import BindSet
 from ._capacity import CapacityGate
 from ._config import Config
 from ._pressure import PoolStatus
@@ -73,7 +75,7 @@ class Database:
         self._gate: CapacityGate | None = None
         self._gate_built = False
         self._binding: Binding | None = None
-        self._replicas = _replica_set(config, self._engine_created)
+        self._others = _OtherEngines(config, self._engine_created)
         _ALL.add(self)
         self.watchers = Watchers(config.observability, config.name)  # all opt-in
 
@@ -116,6 +118,7 @@ class Database:
             self.watchers.engine_options(self._config.engine_options, is_async=False),
             side="sync",
             pgbouncer=self._config.pgbouncer,
+            timeouts=self._config.timeouts,
         )
         self._engine_created(engine, side="sync")
         return engine
@@ -140,6 +143,7 @@ class Database:
             self.watchers.engine_options(options, is_async=True),
             side="async",
             pgbouncer=self._config.pgbouncer,
+            timeouts=self._config.timeouts,
         )
         self._engine_created(engine.sync_engine, side="async")
         return engine
@@ -257,7 +261,7 @@ class Database:
             )
         else:
             session = self.session_factory()
-            self._replicas.route(session, read=read, key=id(self))
+            self._others.route(session, read=read, key=id(self), is_async=False)
         self.watchers.session_created(session)
         return session
 
@@ -273,7 +277,7 @@ class Database:
             )
         else:
             session = self.async_session_factory()
-            self._replicas.route(session.sync_session, read=read, key=id(self))
+            self._others.route(session.sync_session, read=read, key=id(self), is_async=True)
         self.watchers.session_created(session.sync_session)
         return session
 
@@ -306,7 +310,7 @@ class Database:
         if engine is not None and (given_too or not self._config.is_given(engine)):
             engine.dispose()
             logger.info("disposed sync engine for %s", _urls.render(engine.url))
-        self._replicas.dispose()
+        self._others.dispose()
 
     async def async_dispose(self, *, given_too: bool = True) -> None:
         """Close every pooled connection of the async engine (it is recreated on next use)."""
@@ -314,7 +318,7 @@ class Database:
         if engine is not None and (given_too or not self._config.is_given(engine)):
             await engine.dispose()
             logger.info("disposed async engine for %s", _urls.render(engine.url))
-        await self._replicas.async_dispose()
+        await self._others.async_dispose()
 
     def _take_async_engine(self) -> AsyncEngine | None:
         with self._lock:
@@ -331,10 +335,10 @@ class Database:
         engine = self._take_async_engine()
         if engine is not None and not self._config.is_given(engine):
             _dispose_outside_loop(engine)
-        for replica in self._replicas.take_async_engines():
-            _dispose_outside_loop(replica)
+        for other in self._others.take_async_engines():
+            _dispose_outside_loop(other)
         self._config = config
-        self._replicas = _replica_set(config, self._engine_created)
+        self._others = _OtherEngines(config, self._engine_created)
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's pooled connections, never touching them.
@@ -346,7 +350,7 @@ class Database:
         for engine in (self._engine, self._async_engine):
             if engine is not None:
                 getattr(engine, "sync_engine", engine).dispose(close=False)
-        self._replicas.after_fork()
+        self._others.after_fork()
         self._gate, self._gate_built = None, False
 
     async def shutdown(self) -> None:
@@ -376,21 +380,58 @@ def _require(database: Database, url: URL | None, *, side: str) -> URL:
     )
 
 
-def _replica_set(config: Config, engine_created: Callable[..., None]) -> ReplicaSet:
-    """The replicas of ``config``, their engines made with the primary's options per side."""
+class _OtherEngines:
+    """The engines a Database makes besides its own: read replicas and binds (lazily)."""
 
-    def create(url: URL, *, is_async: bool) -> Engine:
-        if is_async:
-            factory = _compat.require_asyncio().create_async_engine
-            options, side = config.async_engine_options, "async"
-        else:
-            factory, options, side = sqlalchemy.create_engine, config.engine_options, "sync"
-        engine = _engines.create(factory, url, options, side=side, pgbouncer=config.pgbouncer)
-        sync_engine: Engine = getattr(engine, "sync_engine", engine)
-        engine_created(sync_engine, side=f"{side} replica")
-        return sync_engine
+    def __init__(self, config: Config, engine_created: Callable[..., None]) -> None:
+        create = functools.partial(_create_other, config, engine_created)
+        self.replicas = ReplicaSet(config.replica_urls, functools.partial(create, kind="replica"))
+        self.binds = None
+        if config.binds:
+            owner = f"DatabaseSessionManager({config.describe()})"
+            self.binds = BindSet(config.binds, functools.partial(create, kind="bind"), owner)
 
-    return ReplicaSet(config.replica_urls, create)
+    def route(self, session: Session, *, read: bool, key: int, is_async: bool) -> None:
+        """Give a new session its replica router and its bind look-up."""
+        self.replicas.route(session, read=read, key=key)
+        if self.binds is not None:
+            self.binds.attach(session, is_async=is_async)
+
+    def dispose(self) -> None:
+        self.replicas.dispose()
+        for engine in self.binds.take(is_async=False) if self.binds is not None else ():
+            engine.dispose()
+            logger.info("disposed sync engine for %s", _urls.render(engine.url))
+
+    async def async_dispose(self) -> None:
+        await self.replicas.async_dispose()
+        for engine in self.binds.take_async() if self.binds is not None else ():
+            await engine.dispose()
+            logger.info("disposed async engine for %s", _urls.render(engine.url))
+
+    def take_async_engines(self) -> list[AsyncEngine]:
+        binds = self.binds.take_async() if self.binds is not None else []
+        return self.replicas.take_async_engines() + binds
+
+    def after_fork(self) -> None:
+        self.replicas.after_fork()
+        if self.binds is not None:
+            self.binds.after_fork()
+
+
+def _create_other(
+    config: Config, engine_created: Callable[..., None], url: URL, *, is_async: bool, kind: str
+) -> Engine:
+    """A replica's or bind's engine, made with the primary's options for its side."""
+    if is_async:
+        factory = _compat.require_asyncio().create_async_engine
+        options, side = config.async_engine_options, "async"
+    else:
+        factory, options, side = sqlalchemy.create_engine, config.engine_options, "sync"
+    engine = _engines.create(factory, url, options, side=side, pgbouncer=config.pgbouncer)
+    sync_engine: Engine = getattr(engine, "sync_engine", engine)
+    engine_created(sync_engine, side=f"{side} {kind}")
+    return sync_engine
 
 
 _ALL: weakref.WeakSet[Database] = weakref.WeakSet()

@@ -19,6 +19,7 @@ Three decisions, all per driver, none of them I/O:
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -75,7 +76,20 @@ _SAME_ARGUMENTS: frozenset[frozenset[str]] = frozenset(
 )
 
 
-def connect_defaults(url: URL, *, pgbouncer: bool) -> dict[str, Any]:
+# driver -> its connect argument for a connect timeout, and how it wants the seconds
+_CONNECT_TIMEOUT: dict[str, tuple[str, Callable[[float], object]]] = {
+    "psycopg": ("connect_timeout", math.ceil),  # libpq: whole seconds
+    "psycopg_async": ("connect_timeout", math.ceil),
+    "psycopg2": ("connect_timeout", math.ceil),
+    "asyncpg": ("timeout", float),
+    "pymysql": ("connect_timeout", float),
+    "aiomysql": ("connect_timeout", float),
+}
+
+
+def connect_defaults(
+    url: URL, *, pgbouncer: bool, connect_timeout: float | None = None
+) -> dict[str, Any]:
     """The connect arguments ``url``'s driver gets before the user's own.
 
     Raises:
@@ -83,6 +97,11 @@ def connect_defaults(url: URL, *, pgbouncer: bool) -> dict[str, Any]:
     """
     driver = url.get_driver_name()
     defaults = dict(_PGBOUNCER.get(driver, {})) if pgbouncer else {}
+    timeout_argument = _CONNECT_TIMEOUT.get(driver)
+    if connect_timeout is not None and timeout_argument is not None:
+        name, convert = timeout_argument
+        if name not in url.query:  # the URL's own value wins (connect_args would override it)
+            defaults[name] = convert(connect_timeout)
     for name, (parse, described) in _QUERY_NUMBERS.get(driver, {}).items():
         raw = url.query.get(name)
         if not isinstance(raw, str):

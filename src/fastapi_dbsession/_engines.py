@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
 
-from . import _checks, _drivers, _liveness, _urls
+from . import _checks, _deadlines, _drivers, _liveness, _urls
 from .errors import ConfigurationError, DatabaseUnavailableError, MissingDriverError
 
 if TYPE_CHECKING:
@@ -86,7 +86,12 @@ def check_engine(options: object, *, argument: str) -> dict[str, Any]:
 
 
 def engine_options(
-    url: URL, user_options: Mapping[str, Any], *, is_async: bool, pgbouncer: bool = False
+    url: URL,
+    user_options: Mapping[str, Any],
+    *,
+    is_async: bool,
+    pgbouncer: bool = False,
+    connect_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Merge the safe defaults for ``url``'s backend and driver under the user's options.
 
@@ -94,7 +99,9 @@ def engine_options(
     numeric query parameters converted, the user's ``connect_args``.
     """
     options: dict[str, Any] = {}
-    connect_args: dict[str, Any] = _drivers.connect_defaults(url, pgbouncer=pgbouncer)
+    connect_args: dict[str, Any] = _drivers.connect_defaults(
+        url, pgbouncer=pgbouncer, connect_timeout=connect_timeout
+    )
     if url.get_backend_name() == "sqlite":
         connect_args["check_same_thread"] = False
         if _urls.is_sqlite_memory(url):
@@ -147,10 +154,21 @@ def create(
     *,
     side: str,
     pgbouncer: bool = False,
+    timeouts: tuple[float | None, float | None] = (None, None),
 ) -> _E:
-    """Call ``create_engine`` / ``create_async_engine`` and explain what can go wrong."""
+    """Call ``create_engine`` / ``create_async_engine`` and explain what can go wrong.
+
+    ``timeouts``: ``(connect_timeout, command_timeout)`` in seconds (None: none).
+    """
     shown = _urls.render(url)
-    options = engine_options(url, user_options, is_async=side == "async", pgbouncer=pgbouncer)
+    connect_timeout, command_timeout = timeouts
+    options = engine_options(
+        url,
+        user_options,
+        is_async=side == "async",
+        pgbouncer=pgbouncer,
+        connect_timeout=connect_timeout,
+    )
     try:
         engine = factory(url, **options)
     except ModuleNotFoundError as exc:
@@ -182,6 +200,8 @@ def create(
             f"Invalid engine options for {shown}: {_urls.mask_text(str(exc), url)}. {hint}"
         ) from None
     sync_engine: Engine = getattr(engine, "sync_engine", engine)  # type: ignore[arg-type]
+    if url.get_backend_name() != "sqlite":
+        _deadlines.bound_handshake(sync_engine)  # inside the explained connect: our errors
     _explain_connect_errors(sync_engine, url)
     if url.get_backend_name() == "sqlite":
         _sqlite_transactions(
@@ -189,8 +209,11 @@ def create(
             sqlite_pragmas(url, user_options),
             explicit_begin=user_options.get("sqlite_explicit_begin", True),
         )
-    elif "pool_pre_ping" not in user_options:  # True: SQLAlchemy's ping; False: no check
-        _liveness.install(sync_engine)
+    else:
+        if "pool_pre_ping" not in user_options:  # True: SQLAlchemy's ping; False: no check
+            _liveness.install(sync_engine)
+        if command_timeout is not None:
+            _deadlines.install(sync_engine, command_timeout)
     logger.info("created %s engine for %s", side, shown)
     return engine
 

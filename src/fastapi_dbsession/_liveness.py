@@ -19,7 +19,8 @@ Some drivers expose their socket only through attributes without a public access
 ``_transport``, PyMySQL's ``_sock``, aiomysql's ``_reader``), and SQLAlchemy has no public way
 to reconnect a checked-out connection in place (``_connection_record``). They are read with
 ``getattr`` and a default: where one is missing, the check falls back to the real ping and the
-first statement is not re-sent. No other module reads third-party internals.
+first statement is not re-sent. The only other module that reads one is ``_deadlines``
+(aiomysql's handshake coroutine, to bound it).
 """
 
 from __future__ import annotations
@@ -261,3 +262,24 @@ def _reconnect_in_place(
     cursor = context.create_cursor()
     context.cursor = cursor
     return cursor
+
+
+def socket_fd(dbapi_connection: object) -> int | None:
+    """The file descriptor of a DBAPI connection's socket, or None when it cannot be found."""
+    driver: Any = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    package = type(driver).__module__.partition(".")[0]
+    sock: Any = None
+    try:
+        if package in ("psycopg", "psycopg2"):
+            return int(driver.fileno())
+        if package == "asyncpg":
+            transport = getattr(driver, "_transport", None)
+            sock = None if transport is None else transport.get_extra_info("socket")
+        elif package == "pymysql":
+            sock = getattr(driver, "_sock", None)
+        elif package == "aiomysql":
+            writer = getattr(driver, "_writer", None)
+            sock = None if writer is None else writer.transport.get_extra_info("socket")
+        return None if sock is None else int(sock.fileno())
+    except Exception:  # closed, or a driver state we do not know
+        return None

@@ -6,7 +6,8 @@ and every pooled one is dead. Both are an outage, not a bug in the request, and 
 request was committed: the request layer answers them with 503 and ``Retry-After``. A failed
 connect arrives as :class:`DatabaseUnavailableError` (``_engines`` wraps every driver's connect);
 a connection that died under a statement as SQLAlchemy's ``DBAPIError`` with
-``connection_invalidated`` (the server rolled the transaction back).
+``connection_invalidated`` (the server rolled the transaction back); a server that stopped
+answering as :class:`CommandTimeoutError` (``command_timeout`` closed the connection).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from sqlalchemy.exc import DBAPIError
 
 from . import _urls
-from .errors import DatabaseUnavailableError
+from .errors import CommandTimeoutError, DatabaseUnavailableError
 
 
 def unavailable_cause(error: BaseException | None) -> BaseException | None:
@@ -24,7 +25,7 @@ def unavailable_cause(error: BaseException | None) -> BaseException | None:
     connection was lost during COMMIT) is no outage to retry blindly, though a lost
     connection is its cause.
     """
-    if isinstance(error, DatabaseUnavailableError):
+    if isinstance(error, DatabaseUnavailableError | CommandTimeoutError):
         return error
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return error
@@ -33,7 +34,7 @@ def unavailable_cause(error: BaseException | None) -> BaseException | None:
 
 def unavailable_message(cause: BaseException) -> str:
     """What the 503's error says (for logs and handlers), secrets masked."""
-    if isinstance(cause, DatabaseUnavailableError):
+    if isinstance(cause, DatabaseUnavailableError | CommandTimeoutError):
         return str(cause)
     lines = _urls.mask_text(str(cause)).strip().splitlines()
     return (

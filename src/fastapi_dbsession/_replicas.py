@@ -336,3 +336,18 @@ def check_sticky(sticky: object, replica_urls: object) -> StickyWindow | None:
             "or drop sticky_window."
         )
     return sticky
+
+
+def check_twophase(twophase: object, urls: Sequence[URL | None]) -> bool:
+    """The manager's ``twophase`` argument, checked against the backends (its binds' too)."""
+    if twophase is not True:
+        raise ConfigurationError(f"twophase must be True or False, not {twophase!r}.")
+    for url in urls:
+        if url is not None and url.get_backend_name() != "postgresql":
+            raise ConfigurationError(
+                f"twophase=True needs PostgreSQL (PREPARE TRANSACTION), not "
+                f"{url.get_backend_name()} "
+                f"({_urls.render(url)}): leave it off; a request that writes to several "
+                "databases then commits them one after another and reports a partial commit."
+            )
+    return True

@@ -8,8 +8,9 @@ Two guards and a router hook, written once on the sync ``Session`` (which ``Asyn
   ``asyncio.gather`` over a shared session fails at once with our message, not later with a
   driver error ("another operation is in progress").
 
-- ``get_bind`` asks the session's router (``session.info[ROUTER]``, set by a manager with read
-  replicas) where each statement goes; sessions without one bind as their class would.
+- ``get_bind`` asks the session's bind look-up (``session.info[BINDS]``, a manager with
+  ``binds``) and then its router (``session.info[ROUTER]``, set by a manager with read
+  replicas) where each statement goes; sessions without either bind as their class would.
 
 Each user class (``Session``, ``sqlmodel.Session``, ...) gets one cached subclass that only
 adds these guards; ``isinstance`` checks against the user's class keep working.
@@ -49,6 +50,9 @@ ENDED_MESSAGE = (
 
 ROUTER = "fastapi_dbsession.router"
 """``session.info`` key: the :class:`~fastapi_dbsession._replicas.Router` of the session."""
+
+BINDS = "fastapi_dbsession.binds"
+"""``session.info`` key: ``(mapper, clause) -> Engine | None``, the session's bind keys."""
 
 _S = TypeVar("_S", bound=Session)
 _A = TypeVar("_A", bound="AsyncSession")
@@ -97,6 +101,11 @@ def _routed_get_bind(base: type[Session]) -> Callable[..., Any]:
     """``get_bind`` of the guarded subclass: the router, if any, chooses among the binds."""
 
     def get_bind(self: Any, mapper: Any = None, *, clause: Any = None, **kw: Any) -> Any:
+        binds = self.info.get(BINDS)
+        if binds is not None and kw.get("bind") is None:
+            bound = binds(mapper, clause)
+            if bound is not None:
+                return bound
         default = base.get_bind(self, mapper, clause=clause, **kw)
         router = self.info.get(ROUTER)
         if router is None or kw.get("bind") is not None:

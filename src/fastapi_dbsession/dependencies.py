@@ -8,6 +8,7 @@ client a 2xx.)
 """
 
 # No "from __future__ import annotations" here: FastAPI reads these signatures at runtime.
+import functools
 import logging
 import math
 import time
@@ -19,22 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 import fastapi.routing
 import sqlalchemy.exc
-from anyio import CancelScope
 from fastapi import Depends, HTTPException, Response
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from ._capacity import CapacityGate
+from ._commit_group import Arrival, finish, group_of
 from ._database import Database
 from ._endpoints import EndpointGuard, register
-from ._frames import Frame, Root, frames_of, sync_view
+from ._frames import Frame, Root, frames_of
 from ._holds import hold_of
 from ._outage import unavailable_cause, unavailable_message
 from ._recording import QueryStats, request_label
 from ._replicas import Writes, enter_request
-from ._sessions import has_work, is_busy
-from ._units import async_drive, drive, finish_root
 from .errors import DatabaseUnavailableError, PoolTimeoutError
 from .propagation import CommitPolicy, should_commit
 
@@ -274,7 +272,10 @@ class _RequestUnit:
             root=Root(session=session, owns_session=True, is_request=True),
             parent=self.frames.get(),
         )
-        token = None if self.is_read else self.frames.set(frame)
+        token = None
+        if not self.is_read:  # a read session never commits: it ends on its own
+            token = self.frames.set(frame)
+            group_of(connection.scope, is_async=self.is_async).join(frame)
         recording = None
         if database.watchers.recorder is not None:
             recording = database.watchers.recorder.start(_label(connection), connection.scope)
@@ -306,27 +307,40 @@ class _RequestUnit:
                 be reached (a failover, a restart): rolled back, the client gets a 503.
         """
         _, frame, token, gate, recording = opened
+        group = None if self.is_read else group_of(connection.scope, is_async=self.is_async)
+        release: Callable[[], None] = functools.partial(self._release, gate, recording)
         try:
             policy, statuses = _route_rule(connection, self.database)
             if self.is_read:
                 policy = "read_only"
             status = _status(connection, response)
             commit = error is None and should_commit(policy, None, status, statuses)
-            await _finish(frame, commit, is_async=self.is_async)
+            if group is not None and group.is_shared:  # several databases: end them together
+                arrival, release = Arrival(self.database, frame, commit, release), _nothing
+                await group.end(arrival, is_async=self.is_async)
+            else:
+                await finish(frame, commit, is_async=self.is_async)
             if error is None:
                 logger.debug("request session %s", "committed" if commit else "rolled back")
         finally:
             if token is not None:
                 self.frames.reset(token)
-            if gate is not None:
-                gate.release()
-            if recording is not None:
-                assert self.database.watchers.recorder is not None
-                self.database.watchers.recorder.stop(*recording)
+            release()
         if error is not None:
             replacement = _as_response(self.database, error, is_async=self.is_async)
             if replacement is not error:
                 raise replacement from error
+
+    def _release(self, gate: CapacityGate | None, recording: Any) -> None:
+        if gate is not None:
+            gate.release()
+        if recording is not None:
+            assert self.database.watchers.recorder is not None
+            self.database.watchers.recorder.stop(*recording)
+
+
+def _nothing() -> None:
+    return None
 
 
 async def _pass(gate: CapacityGate, observers: list[Callable[[float, bool], object]]) -> None:
@@ -444,33 +458,6 @@ def _nested_dependency(
 
     unit.dependency = request_session
     return request_session
-
-
-def _needs_io(frame: Frame) -> bool:
-    """Whether ending ``frame``'s transaction sends anything, runs hooks or must wait for a
-    task still inside the session; if not, it ends right here, without I/O."""
-    assert frame.root is not None
-    session = frame.root.session
-    sync_session = sync_view(session)
-    return (
-        has_work(sync_session)
-        or bool(frame.on_commit or frame.on_rollback)
-        or (sync_session is not session and is_busy(session))  # type: ignore[arg-type]
-    )
-
-
-async def _finish(frame: Frame, commit: bool, *, is_async: bool) -> None:
-    """End the request transaction: in a worker thread (sync) or one greenlet (async)."""
-    assert frame.root is not None
-    flow = finish_root(frame.root, frame, commit=commit)
-    if not _needs_io(frame):  # no thread hop, no greenlet
-        drive(flow, in_greenlet=is_async)
-        return
-    with CancelScope(shield=True):  # a cancelled request still rolls back and closes
-        if is_async:
-            await async_drive(flow)
-        else:
-            await run_in_threadpool(drive, flow)
 
 
 def session_dependency(database: Database) -> Callable[..., Awaitable[Session]]:

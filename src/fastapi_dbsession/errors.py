@@ -12,6 +12,7 @@ DBSessionError
 ├── PoolTimeoutError(DBSessionError, TimeoutError)        no connection became free in time
 ├── CommandTimeoutError(DBSessionError, TimeoutError)     the database stopped answering
 ├── CommitOutcomeUnknownError(DBSessionError, RuntimeError)  connection lost during COMMIT
+├── PartialCommitError(DBSessionError, RuntimeError)      one database committed, another failed
 ├── SessionFinishedError(DBSessionError, RuntimeError)    request session used after it ended
 ├── ConcurrentSessionUseError(DBSessionError, RuntimeError)  one AsyncSession, two tasks
 ├── NoActiveTransactionError(DBSessionError, RuntimeError)  nothing in scope (MANDATORY, ...)
@@ -38,6 +39,7 @@ __all__ = [
     "MissingDriverError",
     "NoActiveSessionError",
     "NoActiveTransactionError",
+    "PartialCommitError",
     "PoolTimeoutError",
     "SessionFinishedError",
     "SyncAsyncMismatchError",
@@ -136,3 +138,17 @@ class ConnectionDeadlockError(DBSessionError, RuntimeError):
 
 class DBSessionWarning(UserWarning):
     """Misuse that still works, such as an option the database cannot enforce."""
+
+
+class PartialCommitError(DBSessionError, RuntimeError):
+    """A request wrote to several databases; one committed, then another's commit failed.
+
+    Attributes:
+        committed: The names (``name=``) of the managers whose transaction committed.
+        failed: The name of the manager whose commit failed.
+    """
+
+    def __init__(self, message: str, *, committed: tuple[str, ...], failed: str) -> None:
+        super().__init__(message)
+        self.committed = committed
+        self.failed = failed

@@ -52,15 +52,14 @@ class DatabaseSessionManager(
         async_session_class: The async one, e.g. ``sqlmodel.ext.asyncio.session.AsyncSession``.
         commit_policy: What request sessions do when the endpoint succeeds: ``"commit"``
             (default), ``"manual"`` or ``"read_only"``; per route: ``db.commit_policy(...)``.
-        replica_urls: Read replicas (sync or asyncio URLs); read-only work reads from them.
-        sticky_window: A :class:`StickyWindow`: a client's reads stay on the primary after a write.
+        replica_urls: Read replicas for read-only work; ``sticky_window``: a :class:`StickyWindow`.
         commit_statuses: Under ``"commit"``, the statuses of a returned response that commit,
             e.g. ``range(200, 300)``; default: every status below 400. Raising always rolls back.
         engine: An ``Engine`` you built (custom ``creator``, shared with Alembic or a CLI),
             used as it is instead of ``url``: no options or listeners added.
         async_engine: The same for the async side, instead of ``async_url``.
-        dispose_engines: Let the lifespan's shutdown dispose the given engines too (by
-            default they are yours: only ``db.dispose()`` disposes them).
+        dispose_engines: Let the lifespan's shutdown dispose the given engines too (default:
+            they are yours, only ``db.dispose()`` disposes them).
         name: This database's name in log lines and metrics (default: the URL's database
             name, a SQLite file's stem, else ``"default"``).
         record_queries: Count and time each request's SQL statements and log one line per
@@ -78,9 +77,21 @@ class DatabaseSessionManager(
         pool_saturation_warning: Log a WARNING (at most once a minute per pool) when this
             fraction of the pool is checked out, e.g. 0.9 (None, the default: off; on, it
             costs a pool ``checkout`` listener on every request).
+        twophase: A request (or session) that wrote to several databases commits them by
+            two-phase commit (PostgreSQL, ``max_prepared_transactions > 0``).
+        binds: ``{bind key: URL}``: models with ``__bind_key__`` (or ``info={"bind_key": ...}``
+            on their table) use that database, in the same session (see docs/scaling.md).
         pgbouncer: The database is reached through PgBouncer in transaction (or statement)
             pooling mode: every PostgreSQL driver is kept off server-side prepared statements
             (see docs/scaling.md).
+        command_timeout: Client-side deadline, in seconds, of each round trip to the server
+            (statement, COMMIT, ROLLBACK, ping). Past it the connection is closed and
+            discarded and ``CommandTimeoutError`` is raised, even if the server is frozen.
+            ``None``: no limit. Default 60. Not for SQLite.
+        connect_timeout: Client-side deadline, in seconds, of opening a connection (given to
+            the driver: libpq ``connect_timeout``, asyncpg ``timeout``, PyMySQL/aiomysql
+            ``connect_timeout``) unless the URL or ``connect_args`` set it. ``None``: the
+            driver's default. Default 10.
 
     Raises:
         ConfigurationError: No URL or engine, a malformed URL, options of the wrong type,
@@ -119,7 +130,11 @@ class DatabaseSessionManager(
         startup_retries: int = 3,
         startup_timeout: float = 5.0,
         pool_saturation_warning: float | None = None,
+        twophase: bool = False,
+        binds: Mapping[str, str | URL] | None = None,
         pgbouncer: bool = False,
+        command_timeout: float | None = 60.0,
+        connect_timeout: float | None = 10.0,
     ) -> None:
         config = _config.build_config(**_arguments(locals()))
         self._database = Database(config)  # the one seam fastapi_dbsession.testing uses

@@ -52,15 +52,20 @@ class DatabaseSettings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         hide_input_in_errors=True,
+        env_parse_none_str="none",  # DATABASE_POOL_SATURATION_WARNING=none turns it off
     )
 
     url: str | None = Field(default=None, repr=False)
     """The sync URL (``DATABASE_URL``); its password may instead come from ``password``."""
     async_url: str | None = Field(default=None, repr=False)
     """The asyncio URL (``DATABASE_ASYNC_URL``); derived from ``url`` when omitted."""
+    replica_urls: list[str] = Field(default_factory=list, repr=False)
+    """Read replicas (``DATABASE_REPLICA_URLS``, a JSON list: ``["postgresql://...", ...]``)."""
     password: SecretStr | None = None
     """The password (``DATABASE_PASSWORD`` or the secret file ``database_password``), set into
-    both URLs; it wins over a password written in them."""
+    every URL (replicas included); it wins over a password written in them."""
+    name: str | None = None
+    """The database's name in logs and metric labels (``DATABASE_NAME``)."""
     pool_size: int | None = Field(default=None, ge=0)
     max_overflow: int | None = Field(default=None, ge=-1)
     pool_timeout: float | None = Field(default=None, gt=0)
@@ -74,6 +79,21 @@ class DatabaseSettings(BaseSettings):
     pool_saturation_warning: float | None = Field(default=None, gt=0, le=1)
     pgbouncer: bool = False
     """Behind PgBouncer in transaction pooling mode (``DATABASE_PGBOUNCER``)."""
+    record_queries: bool = False
+    """Count and time each request's statements (``DATABASE_RECORD_QUERIES``)."""
+    slow_query_threshold: float | None = Field(default=None, gt=0)
+    """Seconds from which a statement is logged as slow (``DATABASE_SLOW_QUERY_THRESHOLD``)."""
+    log_query_parameters: bool = False
+    """Show bound parameters in the slow-query log (``DATABASE_LOG_QUERY_PARAMETERS``)."""
+    hold_warning_threshold: float | None = Field(default=None, gt=0)
+    """Seconds a request or unit may hold a connection before a warning
+    (``DATABASE_HOLD_WARNING_THRESHOLD``)."""
+    command_timeout: float | None = Field(default=60.0, gt=0)
+    """Client-side deadline of each round trip, in seconds (``DATABASE_COMMAND_TIMEOUT``;
+    ``none``: no limit)."""
+    connect_timeout: float | None = Field(default=10.0, gt=0)
+    """Client-side deadline of opening a connection (``DATABASE_CONNECT_TIMEOUT``; ``none``:
+    the driver's)."""
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -96,6 +116,14 @@ class DatabaseSettings(BaseSettings):
             "startup_timeout": self.startup_timeout,
             "pool_saturation_warning": self.pool_saturation_warning,
             "pgbouncer": self.pgbouncer,
+            "replica_urls": [self._with_password(url) for url in self.replica_urls],
+            "name": self.name,
+            "record_queries": self.record_queries,
+            "slow_query_threshold": self.slow_query_threshold,
+            "log_query_parameters": self.log_query_parameters,
+            "hold_warning_threshold": self.hold_warning_threshold,
+            "command_timeout": self.command_timeout,
+            "connect_timeout": self.connect_timeout,
         }
         if engine_options:
             arguments["engine_options"] = engine_options

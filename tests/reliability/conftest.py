@@ -14,10 +14,20 @@ import pytest
 from sqlalchemy import URL
 
 from tests.conftest import Backend
+from tests.reliability import figures
 from tests.reliability.faults import CuttingProxy
 
 LONG = os.environ.get("FDBS_RELIABILITY", "short").lower() == "long"
 """The long profile: opt-in, with ``FDBS_RELIABILITY=long``."""
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print what the suite measured (tests/reliability/figures.py)."""
+    if figures.FIGURES:
+        terminalreporter.section("reliability figures")
+        for line in figures.lines():
+            terminalreporter.write_line(line)
+        figures.save()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,6 +10,9 @@ connection that sends ``COMMIT``:
   answer is dropped with the connection: the client sees the connection die during COMMIT
   while the row is durable. That is MariaDB's ``2013 Lost connection ... during query`` at
   COMMIT, made deterministic.
+
+:meth:`CuttingProxy.stall` stops forwarding with every connection left open: to the client,
+the server stops answering (what a frozen server or a black-holed network looks like).
 """
 
 from __future__ import annotations
@@ -34,12 +37,21 @@ class CuttingProxy:
         self.cuts: dict[str, int] = {"before": 0, "after": 0}
         self._closed = False
         self._sockets: list[socket.socket] = []
+        self._flowing = threading.Event()
+        self._flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def cut_at_commit(self, mode: CutMode) -> None:
         """Cut the next connection that sends COMMIT (once)."""
         with self._lock:
             self._armed = mode
+
+    def stall(self) -> None:
+        """Stop forwarding (both ways, connections stay open): a server that stops answering."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def _take(self, data: bytes) -> CutMode | None:
         with self._lock:
@@ -80,6 +92,7 @@ class CuttingProxy:
                     break
                 if mode == "after":
                     cut_reply.set()
+                self._flowing.wait()
                 server.sendall(data)
         except OSError:
             pass
@@ -93,6 +106,7 @@ class CuttingProxy:
             while data := server.recv(65536):
                 if cut_reply.is_set():  # the server answered COMMIT: drop the answer
                     break
+                self._flowing.wait()
                 client.sendall(data)
         except OSError:
             pass
@@ -100,6 +114,7 @@ class CuttingProxy:
 
     def close(self) -> None:
         self._closed = True
+        self._flowing.set()
         self._listener.close()
         for sock in self._sockets:
             _close(sock)

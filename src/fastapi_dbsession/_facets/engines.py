@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Self
 from sqlalchemy.engine import URL, Engine
 from starlette.requests import HTTPConnection
 
-from fastapi_dbsession import _config, dependencies
+from fastapi_dbsession import _environ, dependencies
 from fastapi_dbsession.propagation import CommitPolicy, check_policy, check_statuses
 
 from ._base import Facet
@@ -45,7 +45,7 @@ class EnginesFacet(Facet):
             >>> os.environ["DATABASE_URL"] = "sqlite:///./app.db"
             >>> db = DatabaseSessionManager.from_env()
         """
-        return cls(**_config.env_arguments(os.environ, prefix, overrides))
+        return cls(**_environ.env_arguments(os.environ, prefix, overrides))
 
     @classmethod
     def from_settings(cls, settings: DatabaseSettings, **overrides: Any) -> Self:

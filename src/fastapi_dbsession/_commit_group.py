@@ -1,0 +1,207 @@
+"""End a request's sessions: one database alone, or several together in declared order.
+
+One request session ends on its own (:func:`finish`): in a worker thread (sync) or one greenlet
+(async), shielded from cancellation, or right there when it has nothing to send.
+
+When one request uses the request sessions of several managers (``Depends(orders.session)``
+and ``Depends(billing.session)``), each one's ending is handed to the request's
+:class:`CommitGroup` instead; the last to arrive ends them all, in the order the sessions were
+opened (the order FastAPI resolved the dependencies, i.e. the order they are declared):
+
+- with ``twophase=True`` on every manager that has something to commit: ``PREPARE`` all, then
+  ``COMMIT PREPARED`` all; a failed prepare rolls every one back;
+- otherwise one after another; when a commit fails, the sessions after it are rolled back and,
+  if one before it committed, :class:`~fastapi_dbsession.errors.PartialCommitError` says which
+  committed, which failed and which were rolled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from anyio import CancelScope, to_thread
+from sqlalchemy.util import greenlet_spawn
+
+from . import _urls
+from ._frames import Frame, sync_view
+from ._sessions import has_work, is_busy
+from ._units import Flow, async_drive, drive, finish_root
+from .errors import PartialCommitError
+
+if TYPE_CHECKING:
+    from ._database import Database
+
+_GROUP_KEYS = {
+    False: "fastapi_dbsession.commit_group.sync",
+    True: "fastapi_dbsession.commit_group.async",
+}
+
+
+def _needs_io(frame: Frame) -> bool:
+    """Whether ending ``frame``'s transaction sends anything, runs hooks or must wait for a
+    task still inside the session; if not, it ends right here, without I/O."""
+    assert frame.root is not None
+    session = frame.root.session
+    sync_session = sync_view(session)
+    return (
+        has_work(sync_session)
+        or bool(frame.on_commit or frame.on_rollback)
+        or (sync_session is not session and is_busy(session))  # type: ignore[arg-type]
+    )
+
+
+async def finish(frame: Frame, commit: bool, *, is_async: bool) -> None:
+    """End one request transaction: in a worker thread (sync) or one greenlet (async)."""
+    assert frame.root is not None
+    flow = finish_root(frame.root, frame, commit=commit)
+    if not _needs_io(frame):  # no thread hop, no greenlet
+        drive(flow, in_greenlet=is_async)
+        return
+    with CancelScope(shield=True):  # a cancelled request still rolls back and closes
+        if is_async:
+            await async_drive(flow)
+        else:
+            await to_thread.run_sync(drive, flow)
+
+
+def group_of(scope: MutableMapping[str, Any], *, is_async: bool) -> CommitGroup:
+    """The request's group of request sessions on one side, kept in the ASGI scope."""
+    group: CommitGroup = scope.setdefault(_GROUP_KEYS[is_async], CommitGroup())
+    return group
+
+
+@dataclass(eq=False, slots=True)
+class Arrival:
+    """One request session whose ending waits for the group."""
+
+    database: Database
+    frame: Frame
+    commit: bool
+    release: Callable[[], None]
+
+
+@dataclass(eq=False, slots=True)
+class CommitGroup:
+    """The request sessions of one side (sync or async) of one request, in opening order."""
+
+    frames: list[Frame] = field(default_factory=list)
+    arrived: list[Arrival] = field(default_factory=list)
+
+    def join(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+    @property
+    def is_shared(self) -> bool:
+        return len(self.frames) > 1
+
+    async def end(self, arrival: Arrival, *, is_async: bool) -> None:
+        """Hand over one ending; the last to arrive ends the whole group, in opening order.
+
+        Raises:
+            PartialCommitError: A commit failed after another database had committed.
+        """
+        self.arrived.append(arrival)
+        if len(self.arrived) < len(self.frames):
+            return
+        order = {id(frame): index for index, frame in enumerate(self.frames)}
+        arrivals = sorted(self.arrived, key=lambda a: order[id(a.frame)])
+        with CancelScope(shield=True):  # a cancelled request still ends every session
+            if is_async:
+                await greenlet_spawn(finish_all, arrivals, _drive_in_greenlet)
+            else:
+                await to_thread.run_sync(finish_all, arrivals, drive)
+
+
+def _drive_in_greenlet(flow: Flow) -> Any:
+    return drive(flow, in_greenlet=True)
+
+
+def finish_all(arrivals: list[Arrival], run: Callable[[Flow], Any]) -> None:
+    """End every session of the group (``run`` drives one unit flow: plain, or in a greenlet).
+
+    Raises:
+        PartialCommitError: A commit failed after another database had committed.
+    """
+    try:
+        _finish_all(arrivals, run)
+    finally:
+        for arrival in arrivals:
+            arrival.release()
+
+
+def _finish_all(arrivals: list[Arrival], run: Callable[[Flow], Any]) -> None:
+    committing = [a for a in arrivals if a.commit and has_work(_session(a))]
+    twophase = len(committing) > 1 and all(a.database.config.twophase for a in committing)
+    if twophase:
+        try:
+            for arrival in committing:
+                _session(arrival).prepare()
+        except BaseException:
+            for arrival in arrivals:
+                run(finish_root(_root(arrival), arrival.frame, commit=False))
+            raise
+    committed: list[Arrival] = []
+    failure: tuple[Arrival, BaseException] | None = None
+    for arrival in arrivals:
+        commit = arrival.commit and failure is None
+        try:
+            run(finish_root(_root(arrival), arrival.frame, commit=commit))
+        except BaseException as exc:
+            if failure is None:
+                failure = (arrival, exc)
+            continue
+        if commit and arrival in committing:
+            committed.append(arrival)
+    if failure is None:
+        return
+    failed, error = failure
+    if not committed:
+        raise error
+    rolled_back = [a for a in committing if a is not failed and a not in committed]
+    raise _partial(committed, failed, rolled_back, error, twophase=twophase) from error
+
+
+def _session(arrival: Arrival) -> Any:
+    return sync_view(_root(arrival).session)
+
+
+def _root(arrival: Arrival) -> Any:
+    root = arrival.frame.root
+    assert root is not None
+    return root
+
+
+def _partial(
+    committed: list[Arrival],
+    failed: Arrival,
+    rolled_back: list[Arrival],
+    error: BaseException,
+    *,
+    twophase: bool,
+) -> PartialCommitError:
+    def names(arrivals: list[Arrival]) -> str:
+        return ", ".join(repr(a.database) for a in arrivals)
+
+    reason = _urls.mask_text(str(error)).strip().splitlines()
+    after = f" {names(rolled_back)} rolled back." if rolled_back else ""
+    if twophase:
+        advice = (
+            f"Every database was prepared; {failed.database!r}'s prepared transaction may still "
+            "be on its server (SELECT * FROM pg_prepared_xacts): COMMIT PREPARED it to finish "
+            "the request's work, or ROLLBACK PREPARED it."
+        )
+    else:
+        advice = (
+            "Nothing undoes the commits already made: reconcile them, or make the request "
+            "atomic with twophase=True on every manager (PostgreSQL with "
+            "max_prepared_transactions > 0)."
+        )
+    return PartialCommitError(
+        f"Half of this request's work was committed: {names(committed)} committed, then the "
+        f"commit on {failed.database!r} failed ({type(error).__name__}: "
+        f"{reason[0] if reason else ''}).{after} {advice}",
+        committed=tuple(a.database.config.name for a in committed),
+        failed=failed.database.config.name,
+    )

@@ -1,0 +1,182 @@
+"""The acknowledged-write audit: send keyed writes, kill backends, check every answer.
+
+A client sends writes, each with its own key, to a real uvicorn serving
+``tests/reliability/audit_app.py``, while a :class:`Killer` ends every backend of the app's
+database (never another database's) at a fixed interval. :func:`audit` then compares each
+answer with the table: a 2xx row must be present exactly once, an error's row absent; an
+answer tagged ``commit outcome unknown`` (the library's :class:`CommitOutcomeUnknownError`)
+is in doubt and may be either, and is counted apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import URL, Column, Engine, Integer, MetaData, String, Table, create_engine, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
+from tests._uvicorn import httpx
+
+metadata = MetaData()
+AUDIT = Table(
+    "reliability_audit",  # no unique key: a write applied twice shows as two rows
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("k", String(64), nullable=False),
+)
+IN_DOUBT_HEADER = "x-commit-outcome"
+REQUEST_TIMEOUT = 30.0
+
+
+@dataclass
+class Answer:
+    """What the client got for one write: a status (``None``: no answer) and when."""
+
+    key: str
+    status: int | None
+    in_doubt: bool
+    started: float
+    ended: float
+
+
+async def send(base: str, path: str, keys: list[str], *, concurrency: int) -> list[Answer]:
+    """POST ``{base}{path}/{key}`` for every key, ``concurrency`` at a time (a request
+    unanswered after ``REQUEST_TIMEOUT`` s counts as no answer)."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT, limits=limits) as client:
+
+        async def one(key: str) -> Answer:
+            async with gate:
+                started = time.monotonic()
+                try:
+                    response = await client.post(f"{base}{path}/{key}")
+                except httpx.HTTPError:
+                    return Answer(key, None, False, started, time.monotonic())
+                doubt = response.headers.get(IN_DOUBT_HEADER) == "unknown"
+                return Answer(key, response.status_code, doubt, started, time.monotonic())
+
+        return list(await asyncio.gather(*(one(key) for key in keys)))
+
+
+def create_table(url: URL) -> None:
+    """An empty audit table in ``url``'s database (dropped first if a run left one)."""
+    drop_table(url)
+    _run(url, metadata.create_all)
+
+
+def drop_table(url: URL) -> None:
+    _run(url, metadata.drop_all)
+
+
+def _run(url: URL, ddl: Callable[[Engine], None]) -> None:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        ddl(engine)
+    finally:
+        engine.dispose()
+
+
+def rows_by_key(url: URL) -> Counter[str]:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT k, count(*) FROM reliability_audit GROUP BY k"))
+            return Counter({key: int(count) for key, count in rows})
+    finally:
+        engine.dispose()
+
+
+def audit(url: URL, answers: list[Answer]) -> dict[str, object]:
+    """Check every answer against the table; return the figures.
+
+    Raises:
+        AssertionError: A 2xx row is missing or duplicated, an error's row is present, a
+            request got no answer, or a row exists that no request wrote.
+    """
+    rows = rows_by_key(url)
+    sent = {answer.key for answer in answers}
+    acknowledged = [a for a in answers if a.status is not None and 200 <= a.status < 300]
+    in_doubt = [a for a in answers if a.in_doubt]
+    failed = [a for a in answers if a not in acknowledged and not a.in_doubt]
+    missing = [a.key for a in acknowledged if rows[a.key] != 1]
+    leaked = [a.key for a in failed if rows[a.key] != 0]
+    doubled = [a.key for a in in_doubt if rows[a.key] > 1]
+    strangers = set(rows) - sent
+    assert not missing, f"2xx writes not present exactly once: {missing[:10]}"
+    assert not leaked, f"failed writes that persisted: {leaked[:10]}"
+    assert not doubled, f"in-doubt writes applied twice: {doubled[:10]}"
+    assert not strangers, f"rows no request wrote: {sorted(strangers)[:10]}"
+    unanswered = [a.key for a in answers if a.status is None]
+    assert not unanswered, f"requests without an answer: {unanswered[:10]}"
+    return {
+        "sent": len(answers),
+        "acknowledged": len(acknowledged),
+        "verified_present": sum(1 for a in acknowledged if rows[a.key] == 1),
+        "verified_absent": sum(1 for a in failed if rows[a.key] == 0),
+        "in_doubt": len(in_doubt),
+        "in_doubt_committed": sum(1 for a in in_doubt if rows[a.key] == 1),
+        "statuses": dict(sorted(Counter(str(a.status) for a in answers).items())),
+        "longest_request_s": round(max(a.ended - a.started for a in answers), 3),
+    }
+
+
+_KILL_SQL = {
+    "postgresql": (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        "SELECT pg_terminate_backend({})",
+    ),
+    "mysql": (
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = DATABASE() "
+        "AND ID <> CONNECTION_ID() AND COMMAND <> 'Daemon'",
+        "KILL {}",
+    ),
+}
+
+
+class Killer:
+    """Every ``interval`` s, end every backend of ``url``'s database but its own.
+
+    Only that database's backends: the other tests' databases on a shared server are never
+    touched. ``kills`` counts the backends ended, ``rounds`` the rounds that ended any.
+    """
+
+    def __init__(self, url: URL, interval: float) -> None:
+        self.url = url
+        self.interval = interval
+        self.kills = 0
+        self.rounds = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="killer", daemon=True)
+
+    def __enter__(self) -> Killer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        listing, kill = _KILL_SQL[self.url.get_backend_name()]
+        engine = create_engine(self.url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as connection:
+                while not self._stop.wait(self.interval):
+                    ended = 0
+                    for victim in connection.scalars(text(listing)).all():
+                        with contextlib.suppress(DBAPIError):  # it ended on its own
+                            connection.execute(text(kill.format(int(victim))))
+                            ended += 1
+                    self.kills += ended
+                    self.rounds += bool(ended)
+        finally:
+            engine.dispose()
