@@ -74,6 +74,10 @@ REFUSED = [
     (f"nosuchdb://u:{SECRET}@x/db", "no dialect 'nosuchdb'"),
     (f"postgresql+nosuch://u:{SECRET}@x/db", "no driver 'nosuch' for 'postgresql'"),
     (f"postgresql++psycopg://u:{SECRET}@x/db", "Check the spelling"),
+    # found by tests/test_properties.py: a scheme the masking did not recognise, no "@"
+    (f"/qlite://u:{SECRET}", "not a valid database URL"),
+    (f"postgresql+psycopg?//u:{SECRET}/db", 'no "://"'),
+    (f"postgresql://u?127.0.0.1/db?password={SECRET}", "query parameter name contains"),
 ]
 
 
@@ -131,6 +135,8 @@ def test_a_sqlalchemy_url_object_is_checked_too() -> None:
         f"postgresql+psycopg://u:{SECRET}@127.0.0.1:1/db",
         f"postgresql+psycopg://u:{quote_plus('p@ss:/?#' + SECRET)}@127.0.0.1:1/db",
         f"postgresql+psycopg://u@127.0.0.1:1/db?password={SECRET}",
+        # found by tests/test_properties.py: an empty password ("u:@") kept the query's in sight
+        f"postgresql+psycopg://:@127.0.0.1:1/db?password={SECRET}",
         f"postgresql+psycopg://u@127.0.0.1:1/db?sslmode=disable&password={SECRET}&connect_timeout=5",
         f"postgresql+psycopg://u:{SECRET}@/db?host=127.0.0.1:1&host=127.0.0.2:1",
         f"postgresql+asyncpg://u:{SECRET}@127.0.0.1:1/db",
