@@ -21,6 +21,7 @@ from anyio import from_thread
 from sqlalchemy import text
 from sqlalchemy.util import await_only, greenlet_spawn
 
+from . import _checks
 from ._compat import warn
 from ._frames import Frame, Hook, Root, active_frame, describe, frame_of_session, hooks_owner
 from ._frames import sync_view as _sync_view
@@ -250,6 +251,9 @@ def _apply_options(
     dialect = database.dialect_name(is_async=hasattr(root.session, "sync_session"))
     execution_options: dict[str, object] = {}
     if options.isolation_level is not None:
+        _checks.backend_isolation_level(
+            options.isolation_level, dialect, argument="isolation_level"
+        )
         execution_options["isolation_level"] = options.isolation_level
     statements: list[str] = []
     if options.read_only:
