@@ -12,10 +12,15 @@ import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from sqlalchemy import text
+from sqlalchemy import URL, text
 from sqlalchemy.orm import Session
 
-from fastapi_dbsession import DatabaseSessionManager, DatabaseSettings, DatabaseUnavailableError
+from fastapi_dbsession import (
+    CommandTimeoutError,
+    DatabaseSessionManager,
+    DatabaseSettings,
+    DatabaseUnavailableError,
+)
 from tests.conftest import Backend
 
 SENTINEL = "s3cret-Pa55word"
@@ -102,7 +107,7 @@ os.environ["DATABASE_URL"] = "sqlite:///{tmp_path / "app.db"}"
 import fastapi_dbsession
 db = fastapi_dbsession.DatabaseSessionManager.from_env()
 with db.transaction() as session:
-    from sqlalchemy import text
+    from sqlalchemy import URL, text
     assert session.execute(text("SELECT 1")).scalar_one() == 1
 try:
     fastapi_dbsession.DatabaseSettings
@@ -145,6 +150,27 @@ def test_observability_and_replica_variables_reach_the_manager(
     assert recorded.database == "orders"  # type: ignore[attr-defined]  # DATABASE_NAME
     assert "SELECT name FROM origin" in by_logger["fastapi_dbsession.slow_queries"].getMessage()
     assert DatabaseSettings().pool_saturation_warning is None  # "none" turns the warning off
+
+
+@pytest.mark.postgresql
+def test_deadline_variables_reach_the_engine(
+    postgres_schema: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", postgres_schema.render_as_string(hide_password=False))
+    monkeypatch.setenv("DATABASE_COMMAND_TIMEOUT", "0.5")
+    monkeypatch.setenv("DATABASE_CONNECT_TIMEOUT", "none")
+    settings = DatabaseSettings()
+    assert settings.connect_timeout is None  # "none": the driver's own
+    db = DatabaseSessionManager.from_settings(settings)
+    try:
+        with (
+            pytest.raises(CommandTimeoutError, match=r"command_timeout=0\.5 seconds"),
+            db.transaction() as session,
+        ):
+            session.execute(text("SELECT pg_sleep(3)"))
+        assert db.engine.pool.checkedout() == 0
+    finally:
+        db.dispose()
 
 
 def test_settings_defaults_are_the_managers_defaults() -> None:

@@ -13,7 +13,7 @@ every driver, sync and asyncio, because it acts on the socket, not on the driver
 
 The cost on a round trip that answers in time is one entry put into a dict and popped again,
 no lock and no system call: the watchdog finds the connection's socket only when it fires,
-and sleeps (without waking the process) while no round trip runs.
+and sleeps until the earliest deadline it knows of (forever while no round trip runs).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import socket
 import threading
@@ -49,26 +50,27 @@ class _Watchdog:
     round trip when it answered in time, else the watchdog, which pops and shuts the socket
     down holding ``fired`` (so the round trip, finding its token gone, waits for the shutdown
     before the connection is closed and its file descriptor reused). The thread starts with
-    the first round trip of the process (of a forked child too) and waits on ``wake`` while
-    none runs; ``sleeping`` tells a new round trip to wake it.
+    the first round trip of the process (of a forked child too) and sleeps until
+    ``next_wake``, the earliest deadline it knows of (forever while none runs): a round trip
+    wakes it only if its own deadline is earlier, so with one ``command_timeout`` it wakes
+    about once per deadline, however many round trips run.
     """
 
     def __init__(self) -> None:
         self.active: dict[int, _Entry] = {}
         self.tokens = itertools.count()
-        self.tick = 1.0  # longest sleep while round trips run: at most a quarter deadline
         self.after_fork()
 
     def after_fork(self) -> None:
         """Start afresh (in a forked child, the parent's thread and round trips are not ours)."""
         self.active.clear()
-        self.sleeping = True
+        self.next_wake = math.inf
         self.fired = threading.Lock()
         self.wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def wake_up(self) -> None:
-        """Called by a round trip that found the thread asleep (or not started yet)."""
+        """Called by a round trip whose deadline comes before the thread's next wake-up."""
         with self.fired:
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -80,18 +82,18 @@ class _Watchdog:
     def _run(self) -> None:
         while True:
             self.wake.clear()
-            self.sleeping = True
-            if not self.active:
-                self.wake.wait()  # no round trip running: nothing to watch
-            self.sleeping = False
             now = time.monotonic()
-            earliest = now + self.tick
+            earliest = math.inf
             for token, entry in list(self.active.items()):
                 if entry[0] <= now:
                     self._fire(token)
-                else:
-                    earliest = min(earliest, entry[0])
-            time.sleep(max(earliest - now, 0.005))
+                elif entry[0] < earliest:
+                    earliest = entry[0]
+            self.next_wake = earliest
+            # a round trip armed during the scan compared its deadline with the old next_wake
+            if any(entry[0] < earliest for entry in list(self.active.values())):
+                continue
+            self.wake.wait(None if earliest == math.inf else earliest - now)
 
     def _fire(self, token: int) -> None:
         with self.fired:
@@ -131,7 +133,6 @@ def install(engine: Engine, command_timeout: float) -> None:
     """Put every round trip of ``engine`` under a ``command_timeout``-second deadline."""
     dialect: Any = engine.dialect
     watchdog = _watchdog
-    watchdog.tick = min(watchdog.tick, max(command_timeout / 4, 0.01))
     active = watchdog.active
     tokens = watchdog.tokens
     monotonic = time.monotonic
@@ -141,8 +142,9 @@ def install(engine: Engine, command_timeout: float) -> None:
     ) -> Callable[..., Any]:
         def run(*args: Any) -> Any:
             token = next(tokens)
-            active[token] = (monotonic() + command_timeout, connection_of, args)
-            if watchdog.sleeping:
+            deadline = monotonic() + command_timeout
+            active[token] = (deadline, connection_of, args)
+            if deadline < watchdog.next_wake:
                 watchdog.wake_up()
             try:
                 result = method(*args)
@@ -182,8 +184,9 @@ def bound_handshake(engine: Engine) -> None:
                 return connect(*cargs, **cparams)
             connection = connect(*cargs, **cparams, defer_connect=True)
             token = next(_watchdog.tokens)
-            _watchdog.active[token] = (time.monotonic() + seconds, _of_connection, (connection,))
-            if _watchdog.sleeping:
+            deadline = time.monotonic() + seconds
+            _watchdog.active[token] = (deadline, _of_connection, (connection,))
+            if deadline < _watchdog.next_wake:
                 _watchdog.wake_up()
             try:
                 connection.connect()

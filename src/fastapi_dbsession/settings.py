@@ -88,6 +88,12 @@ class DatabaseSettings(BaseSettings):
     hold_warning_threshold: float | None = Field(default=None, gt=0)
     """Seconds a request or unit may hold a connection before a warning
     (``DATABASE_HOLD_WARNING_THRESHOLD``)."""
+    command_timeout: float | None = Field(default=60.0, gt=0)
+    """Client-side deadline of each round trip, in seconds (``DATABASE_COMMAND_TIMEOUT``;
+    ``none``: no limit)."""
+    connect_timeout: float | None = Field(default=10.0, gt=0)
+    """Client-side deadline of opening a connection (``DATABASE_CONNECT_TIMEOUT``; ``none``:
+    the driver's)."""
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -116,6 +122,8 @@ class DatabaseSettings(BaseSettings):
             "slow_query_threshold": self.slow_query_threshold,
             "log_query_parameters": self.log_query_parameters,
             "hold_warning_threshold": self.hold_warning_threshold,
+            "command_timeout": self.command_timeout,
+            "connect_timeout": self.connect_timeout,
         }
         if engine_options:
             arguments["engine_options"] = engine_options
