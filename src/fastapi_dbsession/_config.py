@@ -59,8 +59,8 @@ class Config:
     """Retries of the lifespan's startup check (exponential backoff from 0.5 s, capped at 5 s)."""
     startup_timeout: float = 5.0
     """Deadline of each startup attempt, in seconds."""
-    pool_saturation_warning: float | None = 0.9
-    """Warn when this fraction of the pool is checked out (None: off)."""
+    pool_saturation_warning: float | None = None
+    """Warn when this fraction of the pool is checked out (None, the default: off)."""
     binds: BindUrls = ()
     """Bind key -> (sync URL, async URL): the databases of models with that ``__bind_key__``."""
     twophase: bool = False
@@ -146,7 +146,7 @@ def build_config(
     commit_statuses: Container[int] | None = None,
     startup_retries: int = 3,
     startup_timeout: float = 5.0,
-    pool_saturation_warning: float | None = 0.9,
+    pool_saturation_warning: float | None = None,
     twophase: bool = False,
     binds: Mapping[str, str | URL] | None = None,
     pgbouncer: bool = False,
