@@ -269,8 +269,10 @@ def test_the_secrets_of_a_url_are_its_password_and_password_like_query_values() 
 
 
 def test_a_longer_secret_is_masked_whole_before_a_shorter_one_inside_it() -> None:
-    text = f"failed: {SECRET}xyz and {SECRET}"
-    assert _secrets.mask_text(text, [SECRET, SECRET + "xyz"]) == "failed: *** and ***"
+    longer = f"0{SECRET}9"  # sorts before SECRET: only the length puts it first
+    text = f"failed: {longer} and {SECRET}"
+    assert _secrets.mask_text(text, [SECRET, longer]) == "failed: *** and ***"
+    assert _secrets.mask_text(text, [longer, SECRET]) == "failed: *** and ***"
 
 
 def test_secrets_of_three_characters_are_masked_and_shorter_ones_are_not() -> None:
