@@ -17,12 +17,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import URL, Column, Engine, Integer, MetaData, String, Table, create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from tests._uvicorn import httpx
+
+if TYPE_CHECKING:
+    from tests.conftest import Backend
 
 metadata = MetaData()
 AUDIT = Table(
@@ -88,6 +92,14 @@ async def send_until(
 
         await asyncio.gather(*(worker(number) for number in range(concurrency)))
     return answers
+
+
+def server_env(backend: Backend) -> dict[str, str]:
+    """The environment that points tests/reliability/audit_app.py at ``backend``."""
+    return {
+        "FDBS_URL": backend.url.render_as_string(hide_password=False),
+        "FDBS_ASYNC_URL": backend.async_url.render_as_string(hide_password=False),
+    }
 
 
 def create_table(url: URL) -> None:
