@@ -104,7 +104,8 @@ def secret_urls(draw: st.DrawFn) -> tuple[str, list[str], bool]:
     start = url.find(tokens[0])
     # mangle one character away from the password and the 10 before it (dropping the ":" of
     # "u:P@h" makes P the user name, a typo in "password=" an ordinary key: no parser can tell)
-    outside = [i for i in range(len(url)) if not start - 10 <= i <= start + len(password) + 3]
+    end = start + max(len(password), len(quote_plus(password)))  # as the URL spells it
+    outside = [i for i in range(len(url)) if not start - 10 <= i <= end + 3]
     if outside and draw(st.booleans()):
         position = draw(st.sampled_from(outside))
         replacement = draw(st.sampled_from(["", url[position] * 2, "/", ":", "+", "?"]))
@@ -194,6 +195,9 @@ def exercise(
             failed(exc)
 
 
+# aiomysql's Connection.__del__ fails on a connection whose __init__ raised (a bad port):
+# its unraisable AttributeError is aiomysql's, not a leak or an error of ours
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @given(case=secret_urls(), argument=st.sampled_from(["url", "async_url"]))
 def test_no_url_shape_shows_its_password_or_raises_a_foreign_error(
     case: tuple[str, list[str], bool], argument: str, records: Records, tmp_path: Path

@@ -78,6 +78,7 @@ REFUSED = [
     (f"/qlite://u:{SECRET}", "not a valid database URL"),
     (f"postgresql+psycopg?//u:{SECRET}/db", 'no "://"'),
     (f"postgresql://u?127.0.0.1/db?password={SECRET}", "query parameter name contains"),
+    (f"mysql+pymysql:///u:{SECRET}%40{SECRET}127.0.0.1", "ended up in the database name"),
 ]
 
 

@@ -190,7 +190,8 @@ def _check_shape(url: URL, raw: str, shown: str, *, argument: str) -> None:
             'belongs). Write "dialect+driver://user:password@host/dbname?key=value&key=value".'
         )
     database = url.database or ""
-    if url.host is None and ":" in database and "@" in raw:
+    at = "@" in raw or (url.get_backend_name() != "sqlite" and "%40" in raw.lower())
+    if url.host is None and ":" in database and at:
         raise ConfigurationError(
             f"{argument}={shown!r}: what looks like user:password@host ended up in the "
             'database name. Write "dialect+driver://user:password@host/dbname" (two slashes).'
