@@ -20,11 +20,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from sqlalchemy import URL, create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 from sqlmodel import SQLModel
 
 from tests.models import Base
+
+# Hypothesis profiles (tests/test_properties.py): "short" in every run, CI's included (about
+# 40 examples a property, a few seconds in all); HYPOTHESIS_PROFILE=long (or pytest's
+# --hypothesis-profile=long) runs 1,000 examples a property. No example database: nothing is
+# written to .hypothesis/, so every run starts fresh and a failure prints its own example.
+_PROPERTY_SETTINGS = {
+    "deadline": None,  # connect attempts and event loops: timing varies on a busy machine
+    "database": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+}
+settings.register_profile("short", max_examples=40, **_PROPERTY_SETTINGS)
+settings.register_profile("long", max_examples=1000, **_PROPERTY_SETTINGS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "short"))
 
 # Throwaway PostgreSQL clusters and PgBouncer: pg_primary, pg_standby, pg_bouncer, topology.
 pytest_plugins = ["tests.topology"]

@@ -30,3 +30,45 @@ def test_modules_and_classes_stay_small(module: Path) -> None:
             assert node.end_lineno is not None
             length = node.end_lineno - node.lineno + 1
             assert length <= MAX_CLASS_LINES, f"{node.name} has {length} lines: two jobs?"
+
+
+TESTS = Path(__file__).resolve().parent
+
+# The tests that import a private module of the package, and why: each is the unit under test,
+# a pure piece whose properties no request can pin down deterministically. Every other test
+# goes through the public API (or the testing seam, fastapi_dbsession.testing._seam).
+PRIVATE_UNITS_UNDER_TEST = {
+    # FIFO order among waiters, and a permit granted to a waiter cancelled before it ran
+    ("test_capacity.py", "fastapi_dbsession._capacity"),
+    # the masking functions: a longer secret before a shorter one, every URL encoding
+    ("test_secrets.py", "fastapi_dbsession._secrets"),
+}
+
+
+def _private_imports(path: Path) -> set[tuple[str, str]]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            private = [i for i, part in enumerate(parts) if part.startswith("_")]
+            if parts[0] != "fastapi_dbsession" or not private:
+                continue
+            module = ".".join(parts[: private[0] + 1])  # up to the first private part
+            if module != "fastapi_dbsession.testing._seam":
+                found.add((str(path.relative_to(TESTS)), module))
+    return found
+
+
+def test_tests_reach_private_modules_only_where_they_are_the_unit_under_test() -> None:
+    found: set[tuple[str, str]] = set()
+    for path in sorted(TESTS.rglob("*.py")):
+        found |= _private_imports(path)
+    assert found == PRIVATE_UNITS_UNDER_TEST, (
+        "test through the public API, or add the module to PRIVATE_UNITS_UNDER_TEST with why"
+    )

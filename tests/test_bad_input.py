@@ -211,6 +211,8 @@ CASES = [
     Case("pool-recycle-negative", lambda: manager(engine_options={"pool_recycle": -5}), S, C, r"\['pool_recycle'\] must be >= -1", use_sync),
     Case("pool-pre-ping-str", lambda: manager(engine_options={"pool_pre_ping": "yes"}), S, C, "must be bool"),
     Case("echo-int", lambda: manager(engine_options={"echo": 1}), S, C, "must be bool or str"),
+    Case("echo-empty-str", lambda: manager(engine_options={"echo": ""}), S, C, r"\['echo'\]='' must be True", use_sync),
+    Case("echo-pool-bogus", lambda: manager(engine_options={"echo_pool": "BOGUS"}), S, C, r"\['echo_pool'\]='BOGUS' must be True", use_sync),
     Case("connect-args-str", lambda: manager(engine_options={"connect_args": "x=1"}), S, C, "must be Mapping"),
     Case("poolclass-str", lambda: manager(engine_options={"poolclass": "QueuePool"}), S, C, r"\['poolclass'\] must be a pool class", use_sync),
     Case("poolclass-not-a-pool", lambda: manager(engine_options={"poolclass": dict}), S, C, r"\['poolclass'\] must be a pool class", use_sync),
@@ -225,6 +227,10 @@ CASES = [
     Case("session-option-class", lambda: manager(session_options={"class_": Session}), S, C, "session_class=", use_sync),
     Case("session-option-not-bool", lambda: manager(session_options={"expire_on_commit": "no"}), S, C, "must be True or False", use_sync),
     Case("async-session-option-unknown", lambda: manager(async_session_options={"bogus": 1}), S, C, r"async_session_options\['bogus'\]", use_async),
+    Case("session-info-not-a-dict", lambda: manager(session_options={"info": True}), S, C, r"session_options\['info'\] must be a dict", use_sync),
+    Case("async-session-info-str", lambda: manager(async_session_options={"info": "5"}), S, C, r"async_session_options\['info'\] must be a dict", use_async),
+    Case("async-session-twophase-sqlite", lambda: manager(async_session_options={"twophase": True}), S, C, r"\['twophase'\]=True needs PostgreSQL", use_async),
+    Case("async-session-no-autobegin", lambda: manager(async_session_options={"autobegin": False}), S, C, r"\['autobegin'\]=False", use_async),
     Case("session-class-int", lambda: manager(session_class=int), S, C, "session_class must be a subclass"),  # type: ignore[arg-type]
     Case("session-class-async", lambda: manager(session_class=AsyncSession), S, C, "session_class must be a subclass"),  # type: ignore[arg-type]
     Case("async-session-class-sync", lambda: manager(async_session_class=Session), S, C, "async_session_class must be a subclass", use_async),  # type: ignore[arg-type]
@@ -239,6 +245,8 @@ CASES = [
     Case("env-commit-policy", lambda: from_env(FDBS_BAD_URL=URL, FDBS_BAD_COMMIT_POLICY="bogus"), S, C, "is not a commit policy"),
     # -- units of work -----------------------------------------------------------------------
     Case("isolation-bogus", lambda: manager().transaction(isolation_level="BOGUS"), "call", C, "isolation_level='BOGUS' is not", use_cm),
+    Case("isolation-not-on-sqlite", lambda: use_cm(manager().transaction(isolation_level="read_committed")), "first use", C, "sqlite has no READ COMMITTED isolation level"),
+    Case("engine-isolation-not-on-sqlite", lambda: manager(engine_options={"isolation_level": "READ COMMITTED"}), S, C, r"\['isolation_level'\]='READ COMMITTED': sqlite has no", use_sync),
     Case("isolation-not-str", lambda: manager().transaction(isolation_level=5), "call", C, "isolation_level=5 is not", use_cm),  # type: ignore[arg-type]
     Case("async-isolation-bogus", lambda: manager().async_transaction(isolation_level="BOGUS"), "call", C, "isolation_level='BOGUS' is not"),
     Case("read-only-not-bool", lambda: manager().transaction(read_only="yes"), "call", C, "read_only='yes' must be True or False"),  # type: ignore[arg-type]
@@ -247,6 +255,8 @@ CASES = [
     Case("timeout-str", lambda: manager().transaction(timeout="5"), "call", C, "must be a number of seconds > 0"),  # type: ignore[arg-type]
     Case("propagation-str", lambda: manager().transaction(propagation="required"), "call", C, "is not a Propagation"),  # type: ignore[arg-type]
     Case("rollback-on-class", lambda: manager().transaction(rollback_on=ValueError), "call", C, "must be a tuple of exception classes"),  # type: ignore[arg-type]
+    Case("rollback-on-none", lambda: manager().transaction(rollback_on=None), "call", C, "rollback_on=None must be a tuple of exception classes"),  # type: ignore[arg-type]
+    Case("no-rollback-on-int", lambda: manager().transaction(no_rollback_on=5), "call", C, "no_rollback_on=5 must be a tuple"),  # type: ignore[arg-type]
     Case("with-async-transaction", enter_async_as_sync, "call", C, r"async with db\.async_transaction\(\)"),
     Case("async-with-transaction", enter_sync_as_async, "call", C, r"with db\.transaction\(\)"),
     # -- decorators --------------------------------------------------------------------------

@@ -5,19 +5,22 @@ in the ``billing`` bind (MariaDB). Rows are checked through fresh connections to
 """
 
 # No "from __future__ import annotations": FastAPI reads the routes' local Annotated aliases.
+import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert, select, text
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
 
 from fastapi_dbsession import ConfigurationError, DatabaseSessionManager
+from fastapi_dbsession.testing import isolated
 
 SENTINEL = "Bind-Sentinel-Pw-7731"
 
@@ -175,3 +178,31 @@ def test_binds_must_map_keys_to_urls() -> None:
         DatabaseSessionManager(
             "postgresql+psycopg://app@db/app", binds={"b": "sqlite:///b.db"}, twophase=True
         )
+
+
+def test_isolation_refuses_bound_models_instead_of_writing_them_elsewhere(
+    tmp_path: Path, side: str
+) -> None:
+    """isolated() covers the manager's own database: a bound model's statement is refused."""
+    db = DatabaseSessionManager(
+        f"sqlite:///{tmp_path / 'app.db'}", binds={"billing": f"sqlite:///{tmp_path / 'b.db'}"}
+    )
+    Base.metadata.create_all(db.engine, tables=[Note.__table__])
+
+    async def write_async(model: Base) -> None:
+        async with db.async_transaction() as session:
+            session.add(model)
+
+    def write(model: Base) -> None:
+        if side == "async":
+            asyncio.run(write_async(model))
+            return
+        with db.transaction() as session:
+            session.add(model)
+
+    with isolated(db):
+        write(Note(body="kept in the outer transaction"))
+        with pytest.raises(ConfigurationError, match="wraps only the manager's own database"):
+            write(Invoice(amount=1))
+    assert count(make_url(f"sqlite:///{tmp_path / 'app.db'}"), "bind_notes") == 0
+    db.dispose()

@@ -9,12 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fastapi_dbsession import DatabaseSessionManager
 from fastapi_dbsession._capacity import CapacityGate
 from tests.conftest import Backend
+from tests.holding import held, holding_app
 from tests.models import Base, Item
 
 
@@ -89,30 +90,13 @@ def test_waiting_longer_than_pool_timeout_answers_503(backend: Backend) -> None:
     db = DatabaseSessionManager(
         backend.url, engine_options={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.3}
     )
-    app = FastAPI(lifespan=db.lifespan)
-    holding = threading.Event()
-    release = threading.Event()
-
-    @app.get("/hold")
-    def hold(session: Session = Depends(db.session)) -> None:
-        session.execute(text("SELECT 1"))
-        holding.set()
-        release.wait(10)
-
-    @app.get("/next")
-    def next_request(session: Session = Depends(db.session)) -> None:
-        session.execute(text("SELECT 1"))
-
+    app, holding, release = holding_app(db, sides=("sync",))
     with TestClient(app) as client:
-        holder = threading.Thread(target=client.get, args=("/hold",))
-        holder.start()
-        assert holding.wait(10)
-        busy = client.get("/next")
-        assert busy.status_code == 503
-        assert busy.headers["retry-after"] == "1"
-        release.set()
-        holder.join(10)
-        assert client.get("/next").status_code == 200  # capacity is back
+        with held(client, "sync", holding, release):
+            busy = client.get("/sync")
+            assert busy.status_code == 503
+            assert busy.headers["retry-after"] == "1"
+        assert client.get("/sync").status_code == 200  # capacity is back
 
 
 def _holding_app(

@@ -20,6 +20,15 @@ ASYNCIO = pytest.mark.parametrize("anyio_backend", ["asyncio"])
 PROBE = "SELECT current_setting('application_name')"
 
 
+async def _async_probe(db: DatabaseSessionManager) -> object:
+    """The async side's application_name, read on a fresh connection; the engine disposed."""
+    try:
+        async with db.async_engine.connect() as connection:
+            return await connection.scalar(text(PROBE))
+    finally:
+        await db.async_dispose()
+
+
 @pytest.mark.topology
 @pytest.mark.anyio
 @ASYNCIO
@@ -52,11 +61,7 @@ async def test_psycopg_connect_args_serve_its_own_async_twin(pg_primary: Cluster
     db = DatabaseSessionManager(
         pg_primary.url("psycopg"), engine_options={"connect_args": {"application_name": "both"}}
     )
-    try:
-        async with db.async_engine.connect() as connection:
-            assert await connection.scalar(text(PROBE)) == "both"
-    finally:
-        await db.async_dispose()
+    assert await _async_probe(db) == "both"
 
 
 @pytest.mark.topology
@@ -71,11 +76,7 @@ async def test_async_engine_options_give_the_async_driver_its_own_connect_args(
         engine_options={"connect_args": {"application_name": "sync-side"}},
         async_engine_options={"connect_args": {"server_settings": {"application_name": "a"}}},
     )
-    try:
-        async with db.async_engine.connect() as connection:
-            assert await connection.scalar(text(PROBE)) == "a"
-    finally:
-        await db.async_dispose()
+    assert await _async_probe(db) == "a"
 
 
 @pytest.mark.topology

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +26,7 @@ from fastapi_dbsession.testing import (
 )
 from fastapi_dbsession.testing._seam import database_of
 from tests.conftest import Backend, PoolWatch
+from tests.holding import held, holding_app
 from tests.models import Base, Item
 
 
@@ -168,28 +168,12 @@ def test_an_engine_for_one_side_and_a_url_for_the_other(engine: Engine, backend:
 def test_capacity_gate_is_sized_from_the_given_engines_pool(backend: Backend) -> None:
     engine = creator_engine(backend, pool_size=1, max_overflow=0, pool_timeout=0.3)
     db = DatabaseSessionManager(engine=engine)
-    app = FastAPI(lifespan=db.lifespan)
-    holding, release = threading.Event(), threading.Event()
-
-    @app.get("/hold")
-    def hold(session: Session = Depends(db.session)) -> None:
-        session.execute(text("SELECT 1"))
-        holding.set()
-        release.wait(10)
-
-    @app.get("/next")
-    def next_request(session: Session = Depends(db.session)) -> None:
-        session.execute(text("SELECT 1"))
-
+    app, holding, release = holding_app(db, sides=("sync",))
     try:
         with TestClient(app) as client:
-            holder = threading.Thread(target=client.get, args=("/hold",))
-            holder.start()
-            assert holding.wait(10)
-            assert client.get("/next").status_code == 503  # the gate held 1: the pool's size
-            release.set()
-            holder.join(10)
-            assert client.get("/next").status_code == 200
+            with held(client, "sync", holding, release):
+                assert client.get("/sync").status_code == 503  # the gate held 1: the pool's size
+            assert client.get("/sync").status_code == 200
     finally:
         release.set()
         engine.dispose()

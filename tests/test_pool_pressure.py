@@ -14,16 +14,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from fastapi import Depends, FastAPI, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from fastapi_dbsession import DatabaseSessionManager, PoolTimeoutError, dependencies
 from tests._uvicorn import httpx, serve
 from tests.conftest import Backend
+from tests.holding import held, holding_app
 
 WAIT = 1.0
 
@@ -87,50 +86,18 @@ def _pool_of_one(backend: Backend) -> DatabaseSessionManager:
     return DatabaseSessionManager(backend.url, async_url=backend.async_url, engine_options=options)
 
 
-def _holding_app(db: DatabaseSessionManager) -> tuple[FastAPI, threading.Event, threading.Event]:
-    """/hold keeps the one connection until released; /sync and /async need it too."""
-    app = FastAPI(lifespan=db.lifespan)
-    holding, release = threading.Event(), threading.Event()
-
-    @app.get("/hold/sync")
-    def hold(session: Session = Depends(db.session)) -> None:
-        session.execute(text("SELECT 1"))
-        holding.set()
-        release.wait(10)
-
-    @app.get("/hold/async")
-    async def ahold(session: AsyncSession = Depends(db.async_session)) -> None:
-        await session.execute(text("SELECT 1"))
-        holding.set()
-        await asyncio.to_thread(release.wait, 10)
-
-    @app.get("/sync")
-    def next_request(session: Session = Depends(db.session)) -> int:
-        return int(session.execute(text("SELECT 1")).scalar_one())
-
-    @app.get("/async")
-    async def anext_request(session: AsyncSession = Depends(db.async_session)) -> int:
-        return int((await session.execute(text("SELECT 1"))).scalar_one())
-
-    return app, holding, release
-
-
 def test_no_free_connection_answers_503_with_retry_after(
     backend: Backend, side: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.WARNING, logger="fastapi_dbsession")
     monkeypatch.setattr(dependencies, "BUSY_LOG_INTERVAL", 0.0)  # no rate limit in this test
     db = _pool_of_one(backend)
-    app, holding, release = _holding_app(db)
+    app, holding, release = holding_app(db)
     with TestClient(app) as client:
-        holder = threading.Thread(target=client.get, args=(f"/hold/{side}",))
-        holder.start()
-        assert holding.wait(10)
-        started = time.monotonic()
-        response = client.get(f"/{side}")
-        assert time.monotonic() - started < 0.3 + 1
-        release.set()
-        holder.join(10)
+        with held(client, side, holding, release):
+            started = time.monotonic()
+            response = client.get(f"/{side}")
+            assert time.monotonic() - started < 0.3 + 1
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
         assert "busy" in response.json()["detail"]
@@ -147,7 +114,7 @@ def test_no_free_connection_answers_503_with_retry_after(
 
 def test_the_apps_pool_timeout_handler_wins_over_the_503(backend: Backend, side: str) -> None:
     db = _pool_of_one(backend)
-    app, holding, release = _holding_app(db)
+    app, holding, release = holding_app(db)
     seen: list[PoolTimeoutError] = []
 
     @app.exception_handler(PoolTimeoutError)
@@ -155,13 +122,8 @@ def test_the_apps_pool_timeout_handler_wins_over_the_503(backend: Backend, side:
         seen.append(exc)
         return JSONResponse({"error": "busy"}, status_code=429)
 
-    with TestClient(app) as client:
-        holder = threading.Thread(target=client.get, args=(f"/hold/{side}",))
-        holder.start()
-        assert holding.wait(10)
+    with TestClient(app) as client, held(client, side, holding, release):
         response = client.get(f"/{side}")
-        release.set()
-        holder.join(10)
     assert response.status_code == 429
     assert "No database connection became free within 0.3s" in str(seen[0])
 
@@ -195,7 +157,7 @@ def test_pool_status_counts_checked_out_connections_and_requests_at_the_gate(
     options = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 5}
     db = DatabaseSessionManager(backend.url, async_url=backend.async_url, engine_options=options)
     assert db.pool_status() == {}  # asking creates no engine
-    app, holding, release = _holding_app(db)
+    app, holding, release = holding_app(db)
     with TestClient(app) as client:
         status = db.pool_status()["sync"]
         assert (status.size, status.capacity, status.checked_out, status.waiting) == (1, 1, 0, 0)

@@ -74,6 +74,11 @@ REFUSED = [
     (f"nosuchdb://u:{SECRET}@x/db", "no dialect 'nosuchdb'"),
     (f"postgresql+nosuch://u:{SECRET}@x/db", "no driver 'nosuch' for 'postgresql'"),
     (f"postgresql++psycopg://u:{SECRET}@x/db", "Check the spelling"),
+    # found by tests/test_properties.py: a scheme the masking did not recognise, no "@"
+    (f"/qlite://u:{SECRET}", "not a valid database URL"),
+    (f"postgresql+psycopg?//u:{SECRET}/db", 'no "://"'),
+    (f"postgresql://u?127.0.0.1/db?password={SECRET}", "query parameter name contains"),
+    (f"mysql+pymysql:///u:{SECRET}%40{SECRET}127.0.0.1", "ended up in the database name"),
 ]
 
 
@@ -131,6 +136,8 @@ def test_a_sqlalchemy_url_object_is_checked_too() -> None:
         f"postgresql+psycopg://u:{SECRET}@127.0.0.1:1/db",
         f"postgresql+psycopg://u:{quote_plus('p@ss:/?#' + SECRET)}@127.0.0.1:1/db",
         f"postgresql+psycopg://u@127.0.0.1:1/db?password={SECRET}",
+        # found by tests/test_properties.py: an empty password ("u:@") kept the query's in sight
+        f"postgresql+psycopg://:@127.0.0.1:1/db?password={SECRET}",
         f"postgresql+psycopg://u@127.0.0.1:1/db?sslmode=disable&password={SECRET}&connect_timeout=5",
         f"postgresql+psycopg://u:{SECRET}@/db?host=127.0.0.1:1&host=127.0.0.2:1",
         f"postgresql+asyncpg://u:{SECRET}@127.0.0.1:1/db",
@@ -274,3 +281,86 @@ def test_every_url_encoding_of_a_secret_is_masked() -> None:
     secret = "p/ss w@rd"
     for spelling in (secret, "p%2Fss+w%40rd", "p%2Fss%20w%40rd"):
         assert _secrets.mask_text(f"in {spelling}.", [secret]) == "in ***."
+
+
+_EXPECTED = (
+    '"dialect+driver://user:password@host:port/dbname", for example '
+    '"postgresql+psycopg://app@localhost/app" or "sqlite:///./app.db".'
+)
+_SPELLING = (
+    'Check the spelling of "dialect+driver", e.g. "postgresql+psycopg", "postgresql+asyncpg", '
+    '"mysql+pymysql", "mariadb+aiomysql", "sqlite" (a third-party dialect must be installed).'
+)
+_SQLITE = (
+    'SQLite URLs have no user, password or host. Write "sqlite:///relative/path.db", '
+    '"sqlite:////absolute/path.db" or "sqlite://" (in memory).'
+)
+
+
+# The whole message for each kind of refused URL: it is the user's only guide to the fix.
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "postgresql//u@h/db",
+            f"url='postgresql//u@h/db' is not a valid database URL. Expected {_EXPECTED} It has "
+            'no "://" after the dialect name: write "dialect+driver://..." (two slashes before '
+            "the user or host).",
+        ),
+        (
+            "postgresql+psycopg://u@h1:5x32,h2:5433/db",
+            "url='postgresql+psycopg://u@h1:5x32,h2:5433/db' is not a valid database URL. "
+            f"Expected {_EXPECTED} It names several hosts: each must be host or host:port with "
+            'a numeric port ("postgresql+psycopg://user@h1:5432,h2:5432/dbname"), or write '
+            'them as query parameters, "postgresql+psycopg://user@/dbname?host=h1:5432&host='
+            'h2:5432".',
+        ),
+        (
+            "postgresql+psycopg://u@h:notaport/db",
+            "url='postgresql+psycopg://u@h:notaport/db' is not a valid database URL. Expected "
+            f"{_EXPECTED} A port must be a number; special characters in the user or password "
+            "(@ : / ? # %) must be percent-encoded: urllib.parse.quote_plus(password).",
+        ),
+        (
+            "postgresql+psycopg://u:pa@ss@h/db",
+            "url='postgresql+psycopg://u:***@h/db' has more than one '@': the password (or the "
+            "user name, or a query value) contains an '@' that is not percent-encoded. Encode "
+            "it as %40, e.g. with urllib.parse.quote_plus(password), or build the URL with "
+            "sqlalchemy.URL.create().",
+        ),
+        (
+            "mysql+pymysql:///u:pw@h",
+            "url='mysql+pymysql:///u:***@h': what looks like user:password@host ended up in the "
+            'database name. Write "dialect+driver://user:password@host/dbname" (two slashes).',
+        ),
+        (
+            "postgresql+psycopg://u@h/dbsslmode=x&password=pw",
+            "url='postgresql+psycopg://u@h/dbsslmode=x&password=***': the database name "
+            "contains a password-like 'key=value': is the \"?\" before the query string "
+            'missing? Write ".../dbname?password=..." (or put the password before the host: '
+            "user:password@host).",
+        ),
+        ("sqlite://u@h/app.db", f"url='sqlite://u@h/app.db': {_SQLITE}"),
+        ("sqlite://h/app.db", f"url='sqlite://h/app.db': {_SQLITE}"),
+        ("sqlite://u@/app.db", f"url='sqlite://u@/app.db': {_SQLITE}"),
+        ("sqlite://:pw@/app.db", f"url='sqlite://:***@/app.db': {_SQLITE}"),
+        (
+            "nosuchdb://u@x/db",
+            f"url='nosuchdb://u@x/db': SQLAlchemy has no dialect 'nosuchdb'. {_SPELLING}",
+        ),
+        (
+            "postgresql+nosuch://u@x/db",
+            "url='postgresql+nosuch://u@x/db': SQLAlchemy has no driver 'nosuch' for "
+            f"'postgresql'. {_SPELLING}",
+        ),
+        (
+            12,
+            "url must be a database URL string or a sqlalchemy.URL, not int. Example: "
+            'DatabaseSessionManager("postgresql+psycopg://user@host/dbname").',
+        ),
+    ],
+)
+def test_each_kind_of_refused_url_gets_its_whole_message(url: object, message: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        DatabaseSessionManager(url)  # type: ignore[arg-type]
+    assert str(caught.value) == message

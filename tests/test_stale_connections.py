@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import anyio
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 from sqlalchemy import URL, create_engine, event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -126,6 +126,18 @@ def _app(db: DatabaseSessionManager, server: Server, after_write: Callable[[int]
         own = int((await session.execute(text(sql))).scalar_one())
         after_write(own)
         return int((await session.execute(text(sql))).scalar_one())
+
+    @app.post("/sync/refused")
+    def sync_refused(session: Session = Depends(db.session)) -> None:
+        session.execute(text("INSERT INTO items (name) VALUES ('refused')"))
+        after_write(int(session.execute(text(sql)).scalar_one()))
+        raise HTTPException(409)  # the unit rolls back, on a connection the server ended
+
+    @app.post("/async/refused")
+    async def async_refused(session: AsyncSession = Depends(db.async_session)) -> None:
+        await session.execute(text("INSERT INTO items (name) VALUES ('refused')"))
+        after_write(int((await session.execute(text(sql))).scalar_one()))
+        raise HTTPException(409)
 
     return app
 
@@ -259,21 +271,42 @@ async def test_a_connection_dying_before_the_first_statement_is_replaced_and_res
     assert not {int(r.json()) for r in responses} & killed
 
 
+async def _killed_mid_request(
+    server: Server, side: str, path: str
+) -> tuple[httpx.Response, list[httpx.Response]]:
+    """POST ``path``, whose connection the server ends mid-request, then 5 reads."""
+    db = _manager(server)
+    app = _app(db, server, lambda own: kill(server, {own}))
+    try:
+        [failed] = await _send(app, "POST", f"/{side}/{path}", 1)
+        after = await _send(app, "GET", f"/{side}", 5)
+    finally:
+        await db.async_dispose()
+        db.dispose()
+    return failed, after
+
+
 async def test_a_connection_dying_mid_transaction_fails_only_that_request(
     server: Server, app_side: str, anyio_backend: str
 ) -> None:
     """Once something was sent, nothing is re-sent: that request fails and rolls back (its
     INSERT is absent), and the next requests are served."""
-    db = _manager(server)
-    app = _app(db, server, lambda own: kill(server, {own}))
-    try:
-        failed = await _send(app, "POST", f"/{app_side}/items", 1)
-        after = await _send(app, "GET", f"/{app_side}", 5)
-    finally:
-        await db.async_dispose()
-        db.dispose()
+    failed, after = await _killed_mid_request(server, app_side, "items")
 
-    assert [r.status_code for r in failed] == [503]  # lost connection, rolled back: retry
-    assert failed[0].headers["retry-after"] == "1"
+    assert failed.status_code == 503  # lost connection, rolled back: retry
+    assert failed.headers["retry-after"] == "1"
     assert server.backend.count(where="WHERE name = 'mid-transaction'") == 0
+    assert [r.status_code for r in after] == [200] * 5
+
+
+async def test_a_rollback_on_a_connection_the_server_ended_keeps_the_response(
+    server: Server, app_side: str, anyio_backend: str
+) -> None:
+    """The request ends in an error status (commit=False), and its ROLLBACK is the first round
+    trip after the server ended the connection: the client still gets its 409 (no raw driver
+    error, no dropped HTTP connection), nothing persisted, the next requests are served."""
+    refused, after = await _killed_mid_request(server, app_side, "refused")
+
+    assert refused.status_code == 409
+    assert server.backend.count(where="WHERE name = 'refused'") == 0
     assert [r.status_code for r in after] == [200] * 5

@@ -57,6 +57,45 @@ def flag(value: object, *, argument: str) -> bool:
     return value
 
 
+def backend_isolation_level(
+    value: object, backend: str, *, argument: str, engine: bool = False
+) -> None:
+    """Refuse an isolation level that is spelled right but that ``backend`` does not have.
+
+    Raises:
+        ConfigurationError: E.g. READ COMMITTED on SQLite (SQLAlchemy's ``ArgumentError`` at
+            the first connection otherwise).
+    """
+    level = isolation_level(value, argument=argument, engine=engine)
+    levels = _BACKEND_LEVELS.get(backend)
+    if level is None or levels is None:
+        return
+    known = levels + (_ENGINE_ONLY_LEVELS if engine else ())
+    if level not in known:
+        raise ConfigurationError(
+            f"{argument}={value!r}: {backend} has no {level} isolation level. Use one of "
+            f"{', '.join(map(repr, known))}, or leave it out for the database's default."
+        )
+
+
+# backends that know only some of ISOLATION_LEVELS (PostgreSQL and MariaDB/MySQL: all four)
+_BACKEND_LEVELS: dict[str, tuple[str, ...]] = {"sqlite": ("SERIALIZABLE", "READ UNCOMMITTED")}
+
+
+def echo(value: object, *, argument: str) -> None:
+    """Refuse an ``echo`` / ``echo_pool`` value SQLAlchemy has no logging level for.
+
+    Raises:
+        ConfigurationError: Not True, False, None or "debug" (``echo=""`` used to raise a
+            KeyError inside SQLAlchemy's logging when the engine was created).
+    """
+    if not (value is None or isinstance(value, bool) or value == "debug"):
+        raise ConfigurationError(
+            f'{argument}={value!r} must be True (log statements), "debug" (statements and '
+            "rows), False or None (do not log)."
+        )
+
+
 def timeouts(
     *, connect_timeout: object, command_timeout: object
 ) -> tuple[float | None, float | None]:
@@ -116,6 +155,9 @@ def engine_values(options: Mapping[str, Any], *, argument: str) -> None:
         value = options.get(name)
         if isinstance(value, int | float) and not isinstance(value, bool):
             pool_number(name, value, argument=argument)
+    for name in ("echo", "echo_pool"):
+        if name in options:
+            echo(options[name], argument=f"{argument}[{name!r}]")
     if "isolation_level" in options:
         isolation_level(
             options["isolation_level"], argument=f"{argument}['isolation_level']", engine=True
@@ -161,6 +203,17 @@ def session_keys(
             )
     for name in _SESSION_FLAGS & set(options):
         flag(options[name], argument=f"{argument}[{name!r}]")
+    if options.get("autobegin") is False:
+        raise ConfigurationError(
+            f"{argument}['autobegin']=False: the manager's sessions begin their transaction "
+            "at the first statement, and every request and unit of work relies on it (each "
+            "would fail with SQLAlchemy's 'Autobegin is disabled'). Leave it out."
+        )
+    if "info" in options and not isinstance(options["info"], Mapping):
+        raise ConfigurationError(
+            f"{argument}['info'] must be a dict (it becomes session.info), not "
+            f"{type(options['info']).__name__}, e.g. {argument}={{'info': {{'app': 'shop'}}}}."
+        )
     accepted = _keyword_names(session_class)
     if accepted is None:
         return  # takes **kwargs: anything may be right
@@ -216,6 +269,20 @@ def async_session_class(cls: object) -> type[Session]:
         )
     sync_class: type[Session] = getattr(cls, "sync_session_class", Session)
     return sync_class
+
+
+def session_twophase(options: Mapping[str, Any], backend: str | None, *, argument: str) -> None:
+    """Refuse ``twophase=True`` in session options on a backend without two-phase commit.
+
+    Raises:
+        ConfigurationError: SQLite or MariaDB/MySQL (SQLAlchemy's ``NotImplementedError`` at
+            the first commit otherwise).
+    """
+    if options.get("twophase") is True and backend not in ("postgresql", None):
+        raise ConfigurationError(
+            f"{argument}['twophase']=True needs PostgreSQL (PREPARE TRANSACTION); {backend} "
+            "has no two-phase commit here. Leave it out."
+        )
 
 
 def session_options(

@@ -59,8 +59,8 @@ class Config:
     """Retries of the lifespan's startup check (exponential backoff from 0.5 s, capped at 5 s)."""
     startup_timeout: float = 5.0
     """Deadline of each startup attempt, in seconds."""
-    pool_saturation_warning: float | None = 0.9
-    """Warn when this fraction of the pool is checked out (None: off)."""
+    pool_saturation_warning: float | None = None
+    """Warn when this fraction of the pool is checked out (None, the default: off)."""
     binds: BindUrls = ()
     """Bind key -> (sync URL, async URL): the databases of models with that ``__bind_key__``."""
     twophase: bool = False
@@ -146,7 +146,7 @@ def build_config(
     commit_statuses: Container[int] | None = None,
     startup_retries: int = 3,
     startup_timeout: float = 5.0,
-    pool_saturation_warning: float | None = 0.9,
+    pool_saturation_warning: float | None = None,
     twophase: bool = False,
     binds: Mapping[str, str | URL] | None = None,
     pgbouncer: bool = False,
@@ -204,6 +204,9 @@ def build_config(
         )
     async_defaults = _engines.check_options(async_session_options, argument="async_session_options")
     _checks.session_options(session_defaults, async_defaults, session_class, async_session_class)
+    backend = next((u.get_backend_name() for u in (final_url, final_async) if u is not None), None)
+    _checks.session_twophase(session_defaults, backend, argument="session_options")
+    _checks.session_twophase(async_defaults, backend, argument="async_session_options")
     config = Config(
         url=final_url,
         async_url=final_async,
@@ -241,12 +244,18 @@ def build_config(
         sticky_window=check_sticky(sticky_window, replica_urls),
         timeouts=_checks.timeouts(connect_timeout=connect_timeout, command_timeout=command_timeout),
     )
-    for side_url, options in (
-        (config.url, config.engine_options),
-        (config.async_url, config.async_engine_options),
+    for side_url, options, argument in (
+        (config.url, config.engine_options, "engine_options"),
+        (config.async_url, config.async_engine_options, "async_engine_options"),
     ):
         if side_url is not None:
             _engines.sqlite_pragmas(side_url, options)  # refuse a bad pragma now, not later
+            _checks.backend_isolation_level(
+                options.get("isolation_level"),
+                side_url.get_backend_name(),
+                argument=f"{argument}['isolation_level']",
+                engine=True,
+            )
     return config
 
 

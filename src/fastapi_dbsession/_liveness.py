@@ -46,7 +46,14 @@ _POLL = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
 def install(engine: Engine) -> None:
-    """Check connections at checkout and redo a first statement that met a dead one."""
+    """Check connections at checkout and redo a first statement that met a dead one.
+
+    The checkout check is a pool ``checkout`` listener. The first-statement redo wraps the
+    dialect's own ``do_execute`` methods on this engine's dialect instance (as
+    ``_engines`` wraps its ``connect``) instead of listening to the dialect's events: any
+    dialect event listener makes SQLAlchemy dispatch dialect events on every statement
+    (``do_setinputsizes`` included), which costs more than the check itself.
+    """
     sync_engine: Engine = getattr(engine, "sync_engine", engine)
     dialect = sync_engine.dialect
 
@@ -58,33 +65,43 @@ def install(engine: Engine) -> None:
         check(dialect, dbapi_connection)
         record.info[_FIRST] = True
 
-    def do_execute(
-        cursor: DBAPICursor, statement: str, parameters: Any, context: ExecutionContext
-    ) -> bool:
-        return _first_statement(
-            dialect, context, lambda sent: dialect.do_execute(sent, statement, parameters, context)
-        )
-
-    def do_execute_no_params(
-        cursor: DBAPICursor, statement: str, context: ExecutionContext
-    ) -> bool:
-        return _first_statement(
-            dialect, context, lambda sent: dialect.do_execute_no_params(sent, statement, context)
-        )
-
-    def do_executemany(
-        cursor: DBAPICursor, statement: str, parameters: Any, context: ExecutionContext
-    ) -> bool:
-        return _first_statement(
-            dialect,
-            context,
-            lambda sent: dialect.do_executemany(sent, statement, parameters, context),
-        )
-
     event.listen(sync_engine, "checkout", on_checkout)
-    event.listen(sync_engine, "do_execute", do_execute)
-    event.listen(sync_engine, "do_execute_no_params", do_execute_no_params)
-    event.listen(sync_engine, "do_executemany", do_executemany)
+    for name in ("do_execute", "do_execute_no_params", "do_executemany"):
+        setattr(dialect, name, _resending(dialect, getattr(dialect, name)))
+
+
+def _resending(dialect: Dialect, send: Callable[..., object]) -> Callable[..., object]:
+    """Wrap one of the dialect's ``do_execute`` methods: a first statement after checkout
+    that meets a dead connection is sent again, once, on a fresh one."""
+
+    def first_or_send(cursor: DBAPICursor, statement: str, *rest: Any) -> object:
+        context: ExecutionContext | None = rest[-1] if rest else None
+        info = None if context is None else _first_info(context)
+        if info is None:
+            return send(cursor, statement, *rest)
+        try:
+            return send(cursor, statement, *rest)
+        except Exception as exc:
+            assert context is not None
+            fresh = _replacement_cursor(dialect, context, exc)
+            if fresh is None:
+                raise
+            return send(fresh, statement, *rest)
+
+    return first_or_send
+
+
+def _first_info(context: ExecutionContext) -> dict[str, Any] | None:
+    """The connection's info if this is the first statement since checkout (clearing the
+    mark), else None."""
+    try:
+        info = context.root_connection.connection.info
+    except NotImplementedError:  # SQLAlchemy's own first-connect queries, before any checkout
+        return None
+    if not info.get(_FIRST):
+        return None
+    info[_FIRST] = False
+    return info
 
 
 def check(dialect: Dialect, dbapi_connection: DBAPIConnection) -> None:
@@ -187,35 +204,25 @@ _PROBES_BY_PACKAGE: dict[str, Callable[[Any], str]] = {
 _probes: dict[type, Callable[[Any], str]] = {}
 
 
-def _first_statement(
-    dialect: Dialect, context: ExecutionContext, run: Callable[[DBAPICursor], object]
-) -> bool:
-    """Run the statement; if it is the first since checkout and met a dead connection, replace
-    the connection in place and run it again, once. Returns True: the statement was run."""
+def _replacement_cursor(
+    dialect: Dialect, context: ExecutionContext, exc: Exception
+) -> DBAPICursor | None:
+    """After the first statement since checkout failed with ``exc``: if it met a dead
+    connection and may be re-sent, replace the connection in place and return a cursor on
+    the new one (None: raise ``exc``)."""
     proxied = context.root_connection.connection
-    try:
-        info = proxied.info
-    except NotImplementedError:  # SQLAlchemy's own first-connect queries, before any checkout
-        return False
-    if not info.get(_FIRST):
-        return False  # SQLAlchemy runs it as usual
-    info[_FIRST] = False
-    try:
-        run(context.cursor)
-    except Exception as exc:
-        if not _may_resend(dialect, context, proxied, exc):
-            raise
-        cursor = _reconnect_in_place(proxied, context, exc)
-        if cursor is None:
-            raise
-        logger.warning(
-            "the connection died before the transaction's first statement (%s: %s); sent it "
-            "again on a new connection",
-            type(exc).__name__,
-            str(exc).strip().splitlines()[0] if str(exc).strip() else "",
-        )
-        run(cursor)
-    return True
+    if not _may_resend(dialect, context, proxied, exc):
+        return None
+    cursor = _reconnect_in_place(proxied, context, exc)
+    if cursor is None:
+        return None
+    logger.warning(
+        "the connection died before the transaction's first statement (%s: %s); sent it "
+        "again on a new connection",
+        type(exc).__name__,
+        str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+    )
+    return cursor
 
 
 def _may_resend(

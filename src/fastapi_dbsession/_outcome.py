@@ -4,7 +4,8 @@ A ``COMMIT`` that fails with an error from the server (a deferred constraint, a 
 failure) rolled back. One that fails because the connection was lost (SQLAlchemy invalidated
 it, or ``command_timeout`` closed it) may have committed on the server before the answer was
 lost: :func:`unknown_commit_outcome` turns that into :class:`CommitOutcomeUnknownError`,
-logged at ERROR.
+logged at ERROR. A ``ROLLBACK`` that fails because the connection was lost needs nothing
+more: the server ends the transaction with its connection (:func:`rollback`).
 """
 
 from __future__ import annotations
@@ -74,3 +75,13 @@ def commit(target: Session | SessionTransaction) -> None:
         if unknown is None:
             raise
         raise unknown from exc
+
+
+def rollback(target: Session | SessionTransaction) -> None:
+    """Roll back; a connection lost meanwhile is no error: the server rolled back with it."""
+    try:
+        target.rollback()
+    except Exception as exc:
+        if not connection_lost(exc):
+            raise
+        logger.debug("rollback on a lost connection (the server rolled back): %r", exc)

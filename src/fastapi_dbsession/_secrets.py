@@ -95,7 +95,8 @@ def mask_raw(value: str) -> str:
     Without a parse, nobody knows where the password ends, so this masks generously: the
     password-like query values, and everything between the scheme and the *last* ``@``
     (keeping a plain user name), or, with no ``@``, everything after a ``:`` in the host part
-    (``postgresql://u:SECRET`` has no host, and SQLAlchemy reads SECRET as a port).
+    (``postgresql://u:SECRET`` has no host, and SQLAlchemy reads SECRET as a port); with no
+    scheme it recognises, everything after the first ``:``.
     """
     value = _QUERY_SECRET.sub(rf"\g<key>{MASK}", value)
     match = _SCHEME.match(value)
@@ -111,7 +112,11 @@ def mask_raw(value: str) -> str:
         else:  # "user@host"
             shown = head if _PLAIN_USER.match(head) else MASK
         return f"{scheme}{shown}@{tail}"
-    authority = rest.partition("/")[0]
+    if not scheme:  # "/qlite://u:P", "postgresql?//u:P": any ":" may start a password
+        head, colon, _ = rest.partition(":")
+        return f"{head}:{MASK}" if colon else rest
+    path = rest.lstrip("/")  # "postgresql:////u:P": the host part starts after every "/"
+    authority = path.partition("/")[0]
     if ":" in authority:  # whatever follows may be a password with a "/" in it
-        return f"{scheme}{authority.partition(':')[0]}:{MASK}"
+        return f"{scheme}{rest[: len(rest) - len(path)]}{authority.partition(':')[0]}:{MASK}"
     return f"{scheme}{rest}"

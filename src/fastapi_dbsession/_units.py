@@ -21,10 +21,11 @@ from anyio import from_thread
 from sqlalchemy import text
 from sqlalchemy.util import await_only, greenlet_spawn
 
+from . import _checks
 from ._compat import warn
 from ._frames import Frame, Hook, Root, active_frame, describe, frame_of_session, hooks_owner
 from ._frames import sync_view as _sync_view
-from ._outcome import commit
+from ._outcome import commit, rollback
 from ._sessions import (
     ENDED_MESSAGE,
     FINISHED,
@@ -250,6 +251,9 @@ def _apply_options(
     dialect = database.dialect_name(is_async=hasattr(root.session, "sync_session"))
     execution_options: dict[str, object] = {}
     if options.isolation_level is not None:
+        _checks.backend_isolation_level(
+            options.isolation_level, dialect, argument="isolation_level"
+        )
         execution_options["isolation_level"] = options.isolation_level
     statements: list[str] = []
     if options.read_only:
@@ -477,7 +481,7 @@ _SHARED_STEPS: Mapping[type, Callable[[Any], object]] = {
     Execute: lambda step: _sync_view(step.session).execute(text(step.sql)),
     BeginNested: lambda step: _sync_view(step.session).begin_nested(),
     Commit: lambda step: commit(_sync_view(step.target)),  # a lost connection: outcome unknown
-    Rollback: lambda step: _sync_view(step.target).rollback(),
+    Rollback: lambda step: rollback(_sync_view(step.target)),  # a lost connection rolled back
     Close: lambda step: _sync_view(step.session).close(),
     Finish: _finish,
 }

@@ -130,7 +130,7 @@ def parse(value: object, *, argument: str) -> URL:
     _check_shape(url, value if isinstance(value, str) else str(url), shown, argument=argument)
     _check_dialect(url, shown, argument=argument)
     password = url.query.get("password")
-    if url.password is None and isinstance(password, str):
+    if not url.password and isinstance(password, str):  # "u:@h" has an empty password: ''
         url = url.set(password=password).difference_update_query(["password"])
     return url
 
@@ -183,8 +183,15 @@ def _check_shape(url: URL, raw: str, shown: str, *, argument: str) -> None:
             "e.g. with urllib.parse.quote_plus(password), or build the URL with "
             "sqlalchemy.URL.create()."
         )
+    if any(mark in key for key in url.query for mark in "?/@"):
+        raise ConfigurationError(
+            f"{argument}={shown!r}: a query parameter name contains '?', '/' or '@', so a "
+            "separator is misplaced (a second '?', or a '?' where the '@' before the host "
+            'belongs). Write "dialect+driver://user:password@host/dbname?key=value&key=value".'
+        )
     database = url.database or ""
-    if url.host is None and ":" in database and "@" in raw:
+    at = "@" in raw or (url.get_backend_name() != "sqlite" and "%40" in raw.lower())
+    if url.host is None and ":" in database and at:
         raise ConfigurationError(
             f"{argument}={shown!r}: what looks like user:password@host ended up in the "
             'database name. Write "dialect+driver://user:password@host/dbname" (two slashes).'

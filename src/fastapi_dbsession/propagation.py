@@ -114,11 +114,14 @@ def make_options(
             "0, so nothing is retried. Set retries=N too, e.g. retries=5, retry_deadline=2.0."
         )
     for name, types in (("rollback_on", rollback_on), ("no_rollback_on", no_rollback_on)):
-        if isinstance(types, type) or not all(
-            isinstance(kind, type) and issubclass(kind, BaseException) for kind in types
+        if (
+            isinstance(types, type | str)
+            or not isinstance(types, Iterable)
+            or not all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in types)
         ):
             raise ConfigurationError(
-                f"{name} must be a tuple of exception classes, e.g. {name}=(PaymentDeclined,)."
+                f"{name}={types!r} must be a tuple of exception classes, e.g. "
+                f"{name}=(PaymentDeclined,) (an empty tuple for none)."
             )
     return UnitOptions(
         propagation=propagation,

@@ -76,7 +76,7 @@ class DatabaseSettings(BaseSettings):
     commit_policy: Literal["commit", "manual", "read_only"] = "commit"
     startup_retries: int = Field(default=3, ge=0)
     startup_timeout: float = Field(default=5.0, gt=0)
-    pool_saturation_warning: float | None = Field(default=0.9, gt=0, le=1)
+    pool_saturation_warning: float | None = Field(default=None, gt=0, le=1)
     pgbouncer: bool = False
     """Behind PgBouncer in transaction pooling mode (``DATABASE_PGBOUNCER``)."""
     record_queries: bool = False

@@ -17,12 +17,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import URL, Column, Engine, Integer, MetaData, String, Table, create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from tests._uvicorn import httpx
+
+if TYPE_CHECKING:
+    from tests.conftest import Backend
 
 metadata = MetaData()
 AUDIT = Table(
@@ -44,26 +48,62 @@ class Answer:
     in_doubt: bool
     started: float
     ended: float
+    error: str = ""  # the client's error when there was no answer
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def _client(concurrency: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(timeout=REQUEST_TIMEOUT, limits=limits)
+
+
+async def _post(client: httpx.AsyncClient, url: str, key: str) -> Answer:
+    started = time.monotonic()
+    try:
+        response = await client.post(f"{url}/{key}")
+    except httpx.HTTPError as exc:
+        return Answer(key, None, False, started, time.monotonic(), f"{type(exc).__name__}: {exc}")
+    doubt = response.headers.get(IN_DOUBT_HEADER) == "unknown"
+    return Answer(key, response.status_code, doubt, started, time.monotonic())
 
 
 async def send(base: str, path: str, keys: list[str], *, concurrency: int) -> list[Answer]:
     """POST ``{base}{path}/{key}`` for every key, ``concurrency`` at a time (a request
     unanswered after ``REQUEST_TIMEOUT`` s counts as no answer)."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT, limits=limits) as client:
+    async with _client(concurrency) as client:
 
         async def one(key: str) -> Answer:
             async with gate:
-                started = time.monotonic()
-                try:
-                    response = await client.post(f"{base}{path}/{key}")
-                except httpx.HTTPError:
-                    return Answer(key, None, False, started, time.monotonic())
-                doubt = response.headers.get(IN_DOUBT_HEADER) == "unknown"
-                return Answer(key, response.status_code, doubt, started, time.monotonic())
+                return await _post(client, f"{base}{path}", key)
 
         return list(await asyncio.gather(*(one(key) for key in keys)))
+
+
+async def send_until(
+    base: str, path: str, done: asyncio.Event, *, concurrency: int
+) -> list[Answer]:
+    """POST ``{base}{path}/{key}`` with new keys from ``concurrency`` clients until ``done``."""
+    answers: list[Answer] = []
+    async with _client(concurrency) as client:
+
+        async def worker(number: int) -> None:
+            while not done.is_set():
+                answers.append(await _post(client, f"{base}{path}", f"{number}-{len(answers)}"))
+
+        await asyncio.gather(*(worker(number) for number in range(concurrency)))
+    return answers
+
+
+def server_env(backend: Backend) -> dict[str, str]:
+    """The environment that points tests/reliability/audit_app.py at ``backend``."""
+    return {
+        "FDBS_URL": backend.url.render_as_string(hide_password=False),
+        "FDBS_ASYNC_URL": backend.async_url.render_as_string(hide_password=False),
+    }
 
 
 def create_table(url: URL) -> None:
@@ -103,9 +143,9 @@ def audit(url: URL, answers: list[Answer]) -> dict[str, object]:
     """
     rows = rows_by_key(url)
     sent = {answer.key for answer in answers}
-    acknowledged = [a for a in answers if a.status is not None and 200 <= a.status < 300]
+    acknowledged = [a for a in answers if a.acknowledged]
     in_doubt = [a for a in answers if a.in_doubt]
-    failed = [a for a in answers if a not in acknowledged and not a.in_doubt]
+    failed = [a for a in answers if not a.acknowledged and not a.in_doubt]  # one pass: soaks
     missing = [a.key for a in acknowledged if rows[a.key] != 1]
     leaked = [a.key for a in failed if rows[a.key] != 0]
     doubled = [a.key for a in in_doubt if rows[a.key] > 1]
@@ -114,7 +154,9 @@ def audit(url: URL, answers: list[Answer]) -> dict[str, object]:
     assert not leaked, f"failed writes that persisted: {leaked[:10]}"
     assert not doubled, f"in-doubt writes applied twice: {doubled[:10]}"
     assert not strangers, f"rows no request wrote: {sorted(strangers)[:10]}"
-    unanswered = [a.key for a in answers if a.status is None]
+    unanswered = [
+        (a.key, a.error, round(a.ended - a.started, 3)) for a in answers if a.status is None
+    ]
     assert not unanswered, f"requests without an answer: {unanswered[:10]}"
     return {
         "sent": len(answers),

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import URL
 
 from tests.conftest import Backend
-from tests.reliability import figures
+from tests.reliability import audit, figures
 from tests.reliability.faults import CuttingProxy
 
 LONG = os.environ.get("FDBS_RELIABILITY", "short").lower() == "long"
@@ -57,6 +57,16 @@ def server_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         yield backend
     finally:
         _empty_tables(url)
+
+
+@pytest.fixture
+def audited(server_backend: Backend) -> Iterator[Backend]:
+    """``server_backend`` with an empty audit table (tests/reliability/audit.py), dropped after."""
+    audit.create_table(server_backend.url)
+    try:
+        yield server_backend
+    finally:
+        audit.drop_table(server_backend.url)
 
 
 @pytest.fixture

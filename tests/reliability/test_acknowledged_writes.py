@@ -14,9 +14,6 @@ per setup instead of 200.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
-import pytest
 
 from tests._uvicorn import httpx, serve
 from tests.conftest import Backend
@@ -28,28 +25,13 @@ CONCURRENCY = 20
 KILL_EVERY = 0.2
 
 
-@pytest.fixture
-def audited(server_backend: Backend) -> Iterator[Backend]:
-    """``server_backend`` with an empty audit table, dropped afterwards."""
-    audit.create_table(server_backend.url)
-    try:
-        yield server_backend
-    finally:
-        audit.drop_table(server_backend.url)
-
-
-def _env(backend: Backend) -> dict[str, str]:
-    return {
-        "FDBS_URL": backend.url.render_as_string(hide_password=False),
-        "FDBS_ASYNC_URL": backend.async_url.render_as_string(hide_password=False),
-    }
-
-
 def test_acknowledged_writes_survive_backends_killed_every_200ms(
     audited: Backend, side: str
 ) -> None:
     keys = [f"{side}-{number}" for number in range(WRITES)]
-    with serve("tests.reliability.audit_app:app", _env(audited), ready_path="/up") as base:
+    with serve(
+        "tests.reliability.audit_app:app", audit.server_env(audited), ready_path="/up"
+    ) as base:
         with audit.Killer(audited.url, KILL_EVERY) as killer:
             answers = asyncio.run(audit.send(base, f"/{side}", keys, concurrency=CONCURRENCY))
         # once the kills stop, the pool heals and nothing stays checked out

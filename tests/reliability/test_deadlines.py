@@ -13,16 +13,16 @@ import os
 import threading
 import time
 import warnings
+from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import event, make_url, text
+from sqlalchemy import event, text
 
 from fastapi_dbsession import (
     CommandTimeoutError,
     ConfigurationError,
     DatabaseSessionManager,
-    _engines,
 )
 from tests.conftest import Backend
 from tests.reliability.faults import CuttingProxy
@@ -162,32 +162,62 @@ def test_a_forked_child_keeps_the_deadline(request: pytest.FixtureRequest) -> No
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_connect_timeout_reaches_every_driver() -> None:
-    expected = {
-        "postgresql+psycopg://u@h/d": ("connect_timeout", 3),
-        "postgresql+psycopg2://u@h/d": ("connect_timeout", 3),
-        "postgresql+asyncpg://u@h/d": ("timeout", 2.5),
-        "mysql+pymysql://u@h/d": ("connect_timeout", 2.5),
-        "mysql+aiomysql://u@h/d": ("connect_timeout", 2.5),
-    }
-    for url, (name, value) in expected.items():
-        options = _engines.engine_options(make_url(url), {}, is_async=False, connect_timeout=2.5)
-        assert options["connect_args"][name] == value, url
-    # the URL's own value and the user's connect_args win
-    own = _engines.engine_options(
-        make_url("postgresql+psycopg://u@h/d?connect_timeout=7"),
-        {},
-        is_async=False,
+class _Stop(Exception):
+    """Raised instead of connecting, once the driver's arguments are seen."""
+
+
+def _driver_arguments(url: str, **options: Any) -> dict[str, Any]:
+    """What the driver's ``connect()`` would get (SQLAlchemy's ``do_connect`` event shows it)."""
+    db = DatabaseSessionManager(url, **options)
+    is_async = url.split("://", maxsplit=1)[0] in ("postgresql+asyncpg", "mysql+aiomysql")
+    engine = db.async_engine.sync_engine if is_async else db.engine
+    seen: dict[str, Any] = {}
+
+    @event.listens_for(engine, "do_connect")
+    def capture(dialect: object, record: object, cargs: object, cparams: dict[str, Any]) -> None:
+        seen.update(cparams)
+        raise _Stop
+
+    async def connect_async() -> None:
+        try:
+            async with db.async_engine.connect():
+                pass
+        finally:
+            await db.async_dispose()
+
+    with pytest.raises(_Stop):
+        if is_async:
+            anyio.run(connect_async)
+        else:
+            with db.engine.connect():
+                pass
+    db.dispose()
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("url", "name", "value"),
+    [
+        ("postgresql+psycopg://u@h/d", "connect_timeout", 3),  # libpq: whole seconds, up
+        ("postgresql+psycopg2://u@h/d", "connect_timeout", 3),
+        ("postgresql+asyncpg://u@h/d", "timeout", 2.5),
+        ("mysql+pymysql://u@h/d", "connect_timeout", 2.5),
+        ("mysql+aiomysql://u@h/d", "connect_timeout", 2.5),
+    ],
+)
+def test_connect_timeout_reaches_every_driver(url: str, name: str, value: float) -> None:
+    assert _driver_arguments(url, connect_timeout=2.5)[name] == value
+
+
+def test_the_urls_and_the_users_connect_timeout_win() -> None:
+    own = _driver_arguments("postgresql+psycopg://u@h/d?connect_timeout=7", connect_timeout=2.5)
+    assert own["connect_timeout"] == "7"
+    given = _driver_arguments(
+        "mysql+pymysql://u@h/d",
         connect_timeout=2.5,
+        engine_options={"connect_args": {"connect_timeout": 9}},
     )
-    assert "connect_timeout" not in own["connect_args"]
-    given = _engines.engine_options(
-        make_url("mysql+pymysql://u@h/d"),
-        {"connect_args": {"connect_timeout": 9}},
-        is_async=False,
-        connect_timeout=2.5,
-    )
-    assert given["connect_args"]["connect_timeout"] == 9
+    assert given["connect_timeout"] == 9
 
 
 @pytest.mark.parametrize("bad", [0, -1, "5", True])

@@ -18,7 +18,10 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
+from fastapi_dbsession._binds import bind_key_of
 from fastapi_dbsession._engines import lacks_explicit_begin
+from fastapi_dbsession._sessions import BINDS
+from fastapi_dbsession.errors import ConfigurationError
 
 from ._seam import database_of
 
@@ -56,9 +59,11 @@ class TestBinding:
             self._transaction = self._connection.begin()
             if lacks_explicit_begin(self._database.engine):
                 self._connection.exec_driver_sql("BEGIN")  # else RELEASE SAVEPOINT commits
-        return self._database.session_factory(
+        session = self._database.session_factory(
             bind=self._connection, join_transaction_mode="create_savepoint"
         )
+        self._refuse_binds(session)
+        return session
 
     async def async_session(self) -> AsyncSession:
         """An AsyncSession inside the outer transaction of the running event loop."""
@@ -73,9 +78,17 @@ class TestBinding:
             guard = self._close_at_loop_shutdown()
             await guard.__anext__()  # the loop now finalizes it in shutdown_asyncgens()
             self._guards.append(guard)
-        return self._database.async_session_factory(
+        session = self._database.async_session_factory(
             bind=entry[0], join_transaction_mode="create_savepoint"
         )
+        self._refuse_binds(session.sync_session)
+        return session
+
+    def _refuse_binds(self, session: Session) -> None:
+        """The outer transaction covers the manager's own database only: a bound model would
+        be written to it (or outside the test), so its statements are refused."""
+        if self._database.config.binds:
+            session.info[BINDS] = _refuse_bound
 
     async def _close_at_loop_shutdown(self) -> AsyncGenerator[None, None]:
         """Roll this loop's connection back while the loop can still run it.
@@ -122,3 +135,15 @@ def _terminate(connection: Any) -> None:
         connection.sync_connection.invalidate()
     except Exception as exc:  # a dead loop's driver may refuse even that
         logger.debug("could not invalidate a test connection of a closed loop: %r", exc)
+
+
+def _refuse_bound(mapper: Any, clause: Any) -> None:
+    key = bind_key_of(mapper, clause)
+    if key is not None:
+        raise ConfigurationError(
+            f"isolated() (and the db_isolation fixture) wraps only the manager's own database "
+            f"in the test's outer transaction, not its binds: a statement on bind {key!r} is "
+            "refused rather than written outside it. Test bound models without isolation "
+            "(create and drop their tables in a fixture), or point the test at a manager "
+            "without binds."
+        )
