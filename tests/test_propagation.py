@@ -247,13 +247,13 @@ def test_options_keep_what_was_asked() -> None:
         ),
         (
             {"rollback_on": ValueError},  # a class, not a tuple of classes
-            "rollback_on must be a tuple of exception classes, e.g. "
-            "rollback_on=(PaymentDeclined,).",
+            "rollback_on=<class 'ValueError'> must be a tuple of exception classes, e.g. "
+            "rollback_on=(PaymentDeclined,) (an empty tuple for none).",
         ),
         (
             {"no_rollback_on": ("ValueError",)},  # a name, not a class
-            "no_rollback_on must be a tuple of exception classes, e.g. "
-            "no_rollback_on=(PaymentDeclined,).",
+            "no_rollback_on=('ValueError',) must be a tuple of exception classes, e.g. "
+            "no_rollback_on=(PaymentDeclined,) (an empty tuple for none).",
         ),
     ],
 )

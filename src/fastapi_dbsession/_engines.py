@@ -210,10 +210,12 @@ def create(
             explicit_begin=user_options.get("sqlite_explicit_begin", True),
         )
     else:
-        if "pool_pre_ping" not in user_options:  # True: SQLAlchemy's ping; False: no check
-            _liveness.install(sync_engine)
+        # deadlines first: the liveness wrapper goes around them, so a first statement cut by
+        # command_timeout is not re-sent (that would wait again, on a new connection)
         if command_timeout is not None:
             _deadlines.install(sync_engine, command_timeout)
+        if "pool_pre_ping" not in user_options:  # True: SQLAlchemy's ping; False: no check
+            _liveness.install(sync_engine)
     logger.info("created %s engine for %s", side, shown)
     return engine
 

@@ -1,9 +1,8 @@
 """Record the SQL statements an engine runs: per-request figures and the slow-query log.
 
 Opt-in: a :class:`QueryRecorder` exists only when the manager was asked to record queries or
-to log slow ones, and only then are ``before_cursor_execute`` / ``after_cursor_execute``
-listeners installed on its engines. With both off, no listener exists and nothing runs per
-statement.
+to log slow ones, and only then are its engines' ``do_execute`` methods wrapped to time each
+statement. With both off, nothing is wrapped and nothing runs per statement.
 
 Statements are attributed to the request (or unit) whose context runs them through a context
 variable holding a mutable :class:`QueryStats`: a sync endpoint's worker thread and an
@@ -15,16 +14,14 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
-
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Engine
 
 query_logger = logging.getLogger("fastapi_dbsession.queries")
 slow_query_logger = logging.getLogger("fastapi_dbsession.slow_queries")
@@ -32,7 +29,6 @@ slow_query_logger = logging.getLogger("fastapi_dbsession.slow_queries")
 SCOPE_KEY = "fastapi_dbsession.queries"
 """ASGI scope key: the list of :class:`QueryStats` of the request (one per manager)."""
 
-_START = "fastapi_dbsession.query_start"  # Connection.info: start times of running statements
 _SHOWN_STATEMENT = 2000  # characters of a slow statement (and of its parameters) in the log
 
 # Modules whose frames are not "the code that issued the statement".
@@ -100,9 +96,26 @@ class QueryRecorder:
         )
 
     def install(self, engine: Engine) -> None:
-        """Listen to ``engine``'s statements (a sync engine, or an async engine's sync one)."""
-        event.listen(engine, "before_cursor_execute", _before)
-        event.listen(engine, "after_cursor_execute", self._after)
+        """Time ``engine``'s statements (a sync engine, or an async engine's sync one).
+
+        Wraps the engine dialect's ``do_execute`` methods rather than listening to
+        ``before_cursor_execute`` / ``after_cursor_execute``: an engine event listener makes
+        SQLAlchemy dispatch connection events around every statement, begin and commit.
+        """
+        dialect = engine.dialect
+        for name in ("do_execute", "do_execute_no_params", "do_executemany"):
+            setattr(dialect, name, self._timed(getattr(dialect, name)))
+
+    def _timed(self, send: Callable[..., object]) -> Callable[..., object]:
+        clock = time.perf_counter
+
+        def timed(cursor: object, statement: str, *rest: Any) -> object:
+            started = clock()
+            result = send(cursor, statement, *rest)  # a failed statement is not counted
+            self._after(clock() - started, statement, rest[0] if len(rest) > 1 else None)
+            return result
+
+        return timed
 
     def start(
         self, label: str, scope: MutableMapping[str, Any] | None = None
@@ -132,13 +145,7 @@ class QueryRecorder:
                 },
             )
 
-    def _after(
-        self, connection: Connection, cursor: object, statement: str, parameters: object, *_: object
-    ) -> None:
-        starts: list[float] | None = connection.info.get(_START)
-        if not starts:
-            return
-        elapsed = time.perf_counter() - starts.pop()
+    def _after(self, elapsed: float, statement: str, parameters: object) -> None:
         stats = self.current.get()
         if stats is not None:
             stats.add(elapsed)
@@ -176,10 +183,6 @@ class QueryRecorder:
                 "request": None if stats is None else stats.label,
             },
         )
-
-
-def _before(connection: Connection, *_: object) -> None:
-    connection.info.setdefault(_START, []).append(time.perf_counter())
 
 
 def _shorten(text: str) -> str:

@@ -256,7 +256,11 @@ class _RequestUnit:
         read = self.is_read or _route_rule(connection, database)[0] == "read_only"
         gate = None if self.is_async else database.capacity_gate()
         if gate is not None:
-            await _pass(gate, database.watchers.gate_observers)
+            observers = database.watchers.gate_observers
+            if observers:
+                await _observed_pass(gate, observers)
+            elif not await gate.acquire(gate.timeout):  # the hot path: no coroutine of ours
+                raise _busy(gate.timeout_message)
         session: Any
         try:
             if self.is_async:
@@ -343,12 +347,10 @@ def _nothing() -> None:
     return None
 
 
-async def _pass(gate: CapacityGate, observers: list[Callable[[float, bool], object]]) -> None:
+async def _observed_pass(
+    gate: CapacityGate, observers: list[Callable[[float, bool], object]]
+) -> None:
     """Take a permit from the pool gate, telling the observers (metrics) how long it took."""
-    if not observers:
-        if not await gate.acquire(gate.timeout):
-            raise _busy(gate.timeout_message)
-        return
     started = time.perf_counter()
     acquired = await gate.acquire(gate.timeout)
     waited = time.perf_counter() - started

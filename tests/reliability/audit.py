@@ -50,6 +50,10 @@ class Answer:
     ended: float
     error: str = ""  # the client's error when there was no answer
 
+    @property
+    def acknowledged(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
 
 def _client(concurrency: int) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -139,9 +143,9 @@ def audit(url: URL, answers: list[Answer]) -> dict[str, object]:
     """
     rows = rows_by_key(url)
     sent = {answer.key for answer in answers}
-    acknowledged = [a for a in answers if a.status is not None and 200 <= a.status < 300]
+    acknowledged = [a for a in answers if a.acknowledged]
     in_doubt = [a for a in answers if a.in_doubt]
-    failed = [a for a in answers if a not in acknowledged and not a.in_doubt]
+    failed = [a for a in answers if not a.acknowledged and not a.in_doubt]  # one pass: soaks
     missing = [a.key for a in acknowledged if rows[a.key] != 1]
     leaked = [a.key for a in failed if rows[a.key] != 0]
     doubled = [a.key for a in in_doubt if rows[a.key] > 1]
