@@ -15,10 +15,17 @@ SOURCE = Path(__file__).resolve().parent.parent / "src" / "fastapi_dbsession"
 MODULES = sorted(SOURCE.rglob("*.py"))
 MAX_MODULE_LINES = 500
 MAX_CLASS_LINES = 300
+MAX_MANAGER_LINES = 250
 
 
 def test_the_package_is_where_we_look() -> None:
     assert (SOURCE / "manager.py") in MODULES
+
+
+def test_the_manager_stays_a_thin_facade() -> None:
+    """Issue 12: manager.py at most 250 lines; new method groups go into a ``_facets`` module."""
+    lines = len((SOURCE / "manager.py").read_text().splitlines())
+    assert lines <= MAX_MANAGER_LINES, f"manager.py has {lines} lines: add a facet instead"
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda path: str(path.relative_to(SOURCE)))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any, overload
 
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
-from . import _config, _endpoints, decorators, dependencies, transactions
+from . import _config, decorators, dependencies, transactions
 from ._database import Database
 from ._facets.context import ContextFacet
 from ._facets.engines import EnginesFacet
@@ -231,28 +231,6 @@ class DatabaseSessionManager(
             ... def report(session: Session) -> Report: ...
         """
         return decorators.transactional_for(self._database, func, options)
-
-    @asynccontextmanager
-    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
-        """Check connectivity at startup and dispose the engines at shutdown.
-
-        ``FastAPI(lifespan=db.lifespan)``, or ``async with db.lifespan(app):`` in your own.
-        Only the URLs you gave are checked: a derived twin is created on first use.
-
-        The check retries ``startup_retries`` times with backoff, each attempt within
-        ``startup_timeout`` seconds.
-
-        Raises:
-            DatabaseUnavailableError: A configured database cannot be reached; names host and
-                port (password masked).
-        """
-        _endpoints.warn_ignored_events(app)
-        _endpoints.check_endpoints(app, self.async_session)
-        await self._prober.startup()
-        try:
-            yield
-        finally:
-            await self._database.shutdown()
 
 
 def _arguments(arguments: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,15 @@
-"""The manager's operations methods: pings, the health router, the pool's status."""
+"""The manager's operations methods: the lifespan, pings, the health router, the pool's status."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+
+from fastapi_dbsession import _endpoints
 
 from ._base import Facet
 
@@ -15,10 +19,33 @@ if TYPE_CHECKING:
 
 
 class OperationsFacet(Facet):
-    """``ping()`` / ``async_ping()``, ``health_router()``, ``pool_status()``."""
+    """``lifespan``, ``ping()`` / ``async_ping()``, ``health_router()``, ``pool_status()``."""
 
     __slots__ = ()
     _prober: Prober
+    async_session: Callable[..., Awaitable[Any]]
+
+    @asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Check connectivity at startup and dispose the engines at shutdown.
+
+        ``FastAPI(lifespan=db.lifespan)``, or ``async with db.lifespan(app):`` in your own.
+        Only the URLs you gave are checked: a derived twin is created on first use.
+
+        The check retries ``startup_retries`` times with backoff, each attempt within
+        ``startup_timeout`` seconds.
+
+        Raises:
+            DatabaseUnavailableError: A configured database cannot be reached; names host and
+                port (password masked).
+        """
+        _endpoints.warn_ignored_events(app)
+        _endpoints.check_endpoints(app, self.async_session)
+        await self._prober.startup()
+        try:
+            yield
+        finally:
+            await self._database.shutdown()
 
     def ping(self, timeout: float = 2.0) -> PingResult:
         """Run ``SELECT 1`` on the sync side and say whether it answered within ``timeout``.
