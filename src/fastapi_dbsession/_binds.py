@@ -23,7 +23,7 @@ from sqlalchemy import Table, inspect
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.sql.dml import UpdateBase
 
-from . import _urls
+from . import _compat, _urls
 from ._sessions import BINDS
 from .errors import ConfigurationError
 
@@ -159,4 +159,4 @@ class BindSet:
     def after_fork(self) -> None:
         """In a forked child: drop the parent's pooled connections without closing them."""
         for engine in list(self._engines.values()):
-            engine.dispose(close=False)
+            _compat.forget_parent_connections(engine)

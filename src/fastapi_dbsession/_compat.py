@@ -15,6 +15,8 @@ from .errors import MissingDriverError
 if TYPE_CHECKING:
     from types import ModuleType
 
+    from sqlalchemy.engine import Engine
+
 
 def require_asyncio() -> ModuleType:
     """Import ``sqlalchemy.ext.asyncio`` or say which extra brings greenlet.
@@ -87,3 +89,20 @@ def warn(message: str, category: type[Warning]) -> None:
         module=frame.f_globals.get("__name__"),
         registry=frame.f_globals.setdefault("__warningregistry__", {}),
     )
+
+
+_INHERITED_POOLS: list[Pool] = []
+"""In a forked child: the parent's pools, referenced until the child exits."""
+
+
+def forget_parent_connections(engine: Engine) -> None:
+    """In a forked child: give ``engine`` an empty pool, never touching the parent's connections.
+
+    SQLAlchemy's recipe for pre-fork servers is ``engine.dispose(close=False)``. The old pool is
+    also kept referenced: garbage-collected in the child, an asyncio driver's connection closes
+    its transport on the parent's event loop object, whose epoll instance the child shares with
+    the parent (a fork copies the descriptor, not the instance). Unregistering the socket there
+    leaves the parent's loop deaf to that connection: its next statement waits forever.
+    """
+    _INHERITED_POOLS.append(engine.pool)
+    engine.dispose(close=False)

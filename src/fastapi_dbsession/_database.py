@@ -347,9 +347,10 @@ class Database:
         starts with empty pools; the parent's connections stay the parent's. The capacity gate
         counted the parent's requests, so the child gets a new one.
         """
-        for engine in (self._engine, self._async_engine):
-            if engine is not None:
-                getattr(engine, "sync_engine", engine).dispose(close=False)
+        if self._engine is not None:
+            _compat.forget_parent_connections(self._engine)
+        if self._async_engine is not None:
+            _compat.forget_parent_connections(self._async_engine.sync_engine)
         self._others.after_fork()
         self._gate, self._gate_built = None, False
 

@@ -34,7 +34,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
 
-from . import _urls
+from . import _compat, _urls
 from ._sessions import ROUTER
 from .errors import ConfigurationError
 
@@ -156,7 +156,7 @@ class ReplicaSet:
         """In a forked child: drop the parent's pooled replica connections without closing them."""
         for engines in self._engines.values():
             for engine in engines or ():
-                engine.dispose(close=False)
+                _compat.forget_parent_connections(engine)
 
     async def async_dispose(self) -> None:
         """Async twin of :meth:`dispose`."""
