@@ -132,37 +132,45 @@ if hasattr(os, "register_at_fork"):
 def install(engine: Engine, command_timeout: float) -> None:
     """Put every round trip of ``engine`` under a ``command_timeout``-second deadline."""
     dialect: Any = engine.dialect
+    for name in ("do_execute", "do_executemany", "do_execute_no_params"):
+        method = getattr(dialect, name)
+        setattr(dialect, name, _guarded(method, command_timeout, _of_context, _timed_out))
+    for name in ("do_commit", "do_rollback", "do_ping"):
+        method = getattr(dialect, name)
+        setattr(dialect, name, _guarded(method, command_timeout, _of_connection, _timed_out))
+    event.listen(engine, "handle_error", _invalidate_timed_out)
+
+
+def _guarded(
+    method: Callable[..., Any],
+    seconds: float,
+    connection_of: Callable[..., object],
+    timed_out: Callable[[float], Exception],
+) -> Callable[..., Any]:
+    """``method`` under the watchdog: past ``seconds``, its socket is shut down and
+    ``timed_out(seconds)`` raised in place of whatever the driver raised (or returned)."""
     watchdog = _watchdog
     active = watchdog.active
     tokens = watchdog.tokens
     monotonic = time.monotonic
 
-    def guarded(
-        method: Callable[..., Any], connection_of: Callable[..., object]
-    ) -> Callable[..., Any]:
-        def run(*args: Any) -> Any:
-            token = next(tokens)
-            deadline = monotonic() + command_timeout
-            active[token] = (deadline, connection_of, args)
-            if deadline < watchdog.next_wake:
-                watchdog.wake_up()
-            try:
-                result = method(*args)
-            except Exception as exc:
-                if active.pop(token, None) is None:
-                    raise _timed_out(command_timeout) from exc
-                raise
-            if active.pop(token, None) is None:  # answered just as the socket was shut down
-                raise _timed_out(command_timeout)
-            return result
+    def run(*args: Any) -> Any:
+        token = next(tokens)
+        deadline = monotonic() + seconds
+        active[token] = (deadline, connection_of, args)
+        if deadline < watchdog.next_wake:
+            watchdog.wake_up()
+        try:
+            result = method(*args)
+        except Exception as exc:
+            if active.pop(token, None) is None:
+                raise timed_out(seconds) from exc
+            raise
+        if active.pop(token, None) is None:  # answered just as the socket was shut down
+            raise timed_out(seconds)
+        return result
 
-        return run
-
-    for name in ("do_execute", "do_executemany", "do_execute_no_params"):
-        setattr(dialect, name, guarded(getattr(dialect, name), _of_context))
-    for name in ("do_commit", "do_rollback", "do_ping"):
-        setattr(dialect, name, guarded(getattr(dialect, name), _of_connection))
-    event.listen(engine, "handle_error", _invalidate_timed_out)
+    return run
 
 
 def bound_handshake(engine: Engine) -> None:
@@ -183,19 +191,7 @@ def bound_handshake(engine: Engine) -> None:
             if not seconds or cparams.get("defer_connect"):
                 return connect(*cargs, **cparams)
             connection = connect(*cargs, **cparams, defer_connect=True)
-            token = next(_watchdog.tokens)
-            deadline = time.monotonic() + seconds
-            _watchdog.active[token] = (deadline, _of_connection, (connection,))
-            if deadline < _watchdog.next_wake:
-                _watchdog.wake_up()
-            try:
-                connection.connect()
-            except Exception as exc:
-                if _watchdog.active.pop(token, None) is None:
-                    raise _no_greeting(seconds) from exc
-                raise
-            if _watchdog.active.pop(token, None) is None:
-                raise _no_greeting(seconds)
+            _guarded(connection.connect, seconds, lambda: connection, _no_greeting)()
             return connection
 
         dialect.connect = connect_pymysql
