@@ -66,9 +66,7 @@ class Database:
     """The engines, session factories and capacity gate of one database, created lazily."""
 
     def __init__(self, config: Config) -> None:
-        self.config = config
-        """The frozen configuration (URLs, options, classes, default commit policy); a plain
-        attribute, read on every request."""
+        self.config = config  # frozen: URLs, options, classes (a plain attribute: hot path)
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._async_engine: AsyncEngine | None = None
