@@ -390,7 +390,13 @@ class _OtherEngines:
         self.binds = None
         if config.binds:
             owner = f"DatabaseSessionManager({config.describe()})"
-            self.binds = BindSet(config.binds, functools.partial(create, kind="bind"), owner)
+            self.binds = BindSet(
+                config.binds,
+                functools.partial(create, kind="bind"),
+                owner,
+                name=config.name,
+                twophase=config.twophase,
+            )
 
     def route(self, session: Session, *, read: bool, key: int, is_async: bool) -> None:
         """Give a new session its replica router and its bind look-up."""
