@@ -13,6 +13,7 @@ An unmarked test that asks for a server fails, naming the marker to add: paramet
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -141,6 +142,24 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     for fixture in getattr(item, "fixturenames", ()):
         if fixture in _SERVER_FIXTURES:
             _require_marker(item, _SERVER_FIXTURES[fixture])
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """No garbage collection while pytest formats a failure.
+
+    A regression that leaks a session (a broken use-after-close guard did) leaves connections
+    and greenlets for the garbage collector; collected while pytest parses the test's source
+    for the traceback, they end the whole run on CPython 3.11 with ``INTERNALERROR``
+    ("SystemError: AST constructor recursion depth mismatch") instead of one failed test.
+    """
+    if call.excinfo is None:
+        return (yield)
+    gc.disable()
+    try:
+        return (yield)
+    finally:
+        gc.enable()
 
 
 def _unreachable(name: str, exc: Exception) -> None:

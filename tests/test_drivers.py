@@ -10,10 +10,16 @@ from __future__ import annotations
 import logging
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, make_url, text
 
-from fastapi_dbsession import ConfigurationError, DatabaseSessionManager, DatabaseSettings
+from fastapi_dbsession import (
+    ConfigurationError,
+    DatabaseSessionManager,
+    DatabaseSettings,
+    MissingDriverError,
+)
 from tests.clusters import Cluster
+from tests.connect_arguments import driver_arguments
 
 ASYNCIO = pytest.mark.parametrize("anyio_backend", ["asyncio"])
 
@@ -153,3 +159,91 @@ def test_pgbouncer_from_the_environment_and_the_settings(
     monkeypatch.setenv("DATABASE_PGBOUNCER", "maybe")
     with pytest.raises(ConfigurationError, match="DATABASE_PGBOUNCER"):
         DatabaseSessionManager.from_env()
+
+
+# -- what each driver's connect() gets, seen at SQLAlchemy's do_connect (no server needed) ----
+
+_PG = "postgresql+{driver}://app@127.0.0.1:1/app"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("3", 3), ("none", None), ("None", None), (" NULL ", None), ("", None)],
+)
+def test_prepare_threshold_in_the_url_reaches_psycopg_converted(
+    value: str, expected: int | None
+) -> None:
+    # a URL object: make_url drops a blank query value, URL.create keeps it
+    url = make_url(_PG.format(driver="psycopg")).update_query_dict({"prepare_threshold": value})
+    for side in ("sync", "async"):
+        seen = driver_arguments(DatabaseSessionManager(url), side=side)
+        assert seen["prepare_threshold"] == expected
+
+
+def test_each_numeric_query_parameter_is_converted_alone() -> None:
+    """Only the last of asyncpg's numeric parameters given: the absent ones are skipped."""
+    db = DatabaseSessionManager(async_url=_PG.format(driver="asyncpg") + "?timeout=4")
+    seen = driver_arguments(db, side="async")
+    assert seen["timeout"] == 4.0
+    assert isinstance(seen["timeout"], float)
+
+
+@pytest.mark.parametrize(
+    ("driver", "side", "preset"),
+    [
+        ("psycopg", "sync", {"prepare_threshold": None}),
+        ("psycopg", "async", {"prepare_threshold": None}),
+        ("asyncpg", "async", {"statement_cache_size": 0, "prepared_statement_cache_size": 0}),
+        ("psycopg2", "sync", {}),  # prepares nothing on the server: nothing to change
+    ],
+)
+def test_pgbouncer_turns_off_server_side_prepared_statements(
+    driver: str, side: str, preset: dict[str, object]
+) -> None:
+    url = _PG.format(driver=driver)
+    given = {"async_url": url} if side == "async" else {"url": url}
+    seen = driver_arguments(DatabaseSessionManager(**given, pgbouncer=True), side=side)
+    plain = driver_arguments(DatabaseSessionManager(**given), side=side)
+    assert {key: seen[key] for key in preset} == preset
+    assert not set(preset) & set(plain)  # without pgbouncer=True, the driver's defaults
+    assert set(seen) - set(plain) - {"prepared_statement_name_func"} == set(preset)
+
+
+def test_pgbouncer_with_a_given_engine_checks_its_url() -> None:
+    engine = create_engine(_PG.format(driver="psycopg"))
+    db = DatabaseSessionManager(engine=engine, pgbouncer=True)
+    assert db.engine is engine
+    with pytest.raises(ConfigurationError, match=r"pgbouncer=True is for PostgreSQL"):
+        DatabaseSessionManager(engine=create_engine("sqlite://"), pgbouncer=True)
+
+
+@pytest.mark.parametrize(
+    ("url", "async_url", "shared"),
+    [
+        (_PG.format(driver="psycopg"), None, True),  # psycopg 3 on both sides
+        ("mysql+pymysql://app@127.0.0.1:1/app", None, True),  # aiomysql is built on PyMySQL
+        (_PG.format(driver="psycopg"), _PG.format(driver="asyncpg"), False),
+    ],
+)
+def test_engine_options_connect_args_reach_the_async_driver_only_if_it_takes_them(
+    url: str, async_url: str | None, shared: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    options = {"connect_args": {"connect_timeout": 7}}
+    db = DatabaseSessionManager(url, async_url=async_url, engine_options=options)
+    with caplog.at_level(logging.WARNING, logger="fastapi_dbsession"):
+        seen = driver_arguments(db, side="async")
+    assert (seen.get("connect_timeout") == 7) is shared
+    assert ("were not given to the" in caplog.text) is not shared
+
+
+def test_connect_args_with_only_an_async_third_party_driver_are_its_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    db = DatabaseSessionManager(
+        async_url="mssql+aioodbc://app@db/app", engine_options={"connect_args": {"timeout": 3}}
+    )
+    assert db.url is None  # no sync twin known
+    missing = pytest.raises(MissingDriverError, match="aioodbc")
+    with caplog.at_level(logging.WARNING, logger="fastapi_dbsession"), missing:
+        _ = db.async_engine
+    assert "were not given" not in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,23 @@ def test_unknown_driver_is_refused_at_construction() -> None:
         DatabaseSessionManager("postgresql+nosuchdriver://app@db/app")
 
 
+def test_a_driver_without_a_known_package_names_its_module() -> None:
+    db = DatabaseSessionManager("mssql+pyodbc://app@db/app")  # pyodbc absent
+    with pytest.raises(MissingDriverError) as caught:
+        _ = db.engine
+    assert str(caught.value) == (
+        "The sync engine for mssql+pyodbc://app@db/app needs the Python module 'pyodbc', "
+        "which is not installed. Install it with: pip install pyodbc."
+    )
+
+
+def test_an_async_driver_with_no_known_sync_twin_gives_no_sync_side() -> None:
+    db = DatabaseSessionManager(async_url="mssql+aioodbc://app@db/app")
+    assert db.url is None
+    assert db.async_url is not None
+    assert db.async_url.drivername == "mssql+aioodbc"
+
+
 def test_missing_driver_names_what_to_install() -> None:
     db = DatabaseSessionManager(f"mysql+mysqldb://app:{SENTINEL}@db/app")  # mysqlclient absent
     with pytest.raises(MissingDriverError, match="pip install mysqlclient") as caught:
@@ -158,6 +176,40 @@ def test_sqlite_defaults(tmp_path: Path) -> None:
     assert isinstance(memory.engine.pool, StaticPool)
     assert isinstance(memory.async_engine.pool, StaticPool)
     memory.dispose()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite://", "sqlite:///:memory:", "sqlite:///file:shared_mem?mode=memory&uri=true"],
+)
+def test_every_in_memory_sqlite_spelling_is_one_database_for_every_thread(url: str) -> None:
+    """Sync endpoints run in a thread pool: each thread must see the same in-memory data."""
+    db = DatabaseSessionManager(url)
+    with db.transaction() as session:
+        session.execute(text("CREATE TABLE t (x INTEGER)"))
+        session.execute(text("INSERT INTO t VALUES (1)"))
+    seen: list[object] = []
+
+    def count() -> None:
+        with db.transaction() as session:
+            seen.append(session.scalar(text("SELECT count(*) FROM t")))
+
+    thread = threading.Thread(target=count)
+    thread.start()
+    thread.join()
+    db.dispose()
+    assert seen == [1]
+    assert isinstance(db.async_engine.pool, StaticPool)
+
+
+@pytest.mark.parametrize("url", ["sqlite:///{dir}/app.db", "sqlite:///file:{dir}/app.db?uri=true"])
+def test_a_sqlite_file_is_no_in_memory_database(url: str, tmp_path: Path) -> None:
+    db = DatabaseSessionManager(url.format(dir=tmp_path))
+    assert isinstance(db.engine.pool, QueuePool)
+    with db.transaction() as session:
+        session.execute(text("CREATE TABLE t (x INTEGER)"))
+    db.dispose()
+    assert (tmp_path / "app.db").exists()
 
 
 def test_engine_options_reach_the_pool() -> None:
@@ -331,6 +383,7 @@ def test_import_needs_no_async_extra_and_async_use_names_it() -> None:
     """Without greenlet, the package imports and the sync side works; async names the extra."""
     script = """
 import sys
+import threading
 sys.modules["greenlet"] = None  # as if not installed
 import fastapi_dbsession
 assert "sqlalchemy.ext.asyncio" not in sys.modules

@@ -34,9 +34,12 @@ def test_both_spellings_give_the_same_url_with_the_password_masked(given: str) -
 
 def test_hosts_without_ports_and_without_user() -> None:
     db = DatabaseSessionManager("postgresql://db1,db2/appdb")
-    assert db.url is not None
-    assert db.url.query["host"] == ("db1", "db2")
-    assert db.url.database == "appdb"
+    assert db.url == make_url("postgresql:///appdb?host=db1&host=db2")  # no host, no user
+
+
+def test_hosts_without_a_database() -> None:
+    db = DatabaseSessionManager("postgresql+psycopg://app@db1:5432,db2:5432")
+    assert db.url == make_url("postgresql+psycopg://app@/?host=db1:5432&host=db2:5432")
 
 
 def test_asyncpg_multi_host_keeps_the_ports_for_asyncpg() -> None:

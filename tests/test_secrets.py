@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
@@ -25,6 +26,7 @@ from fastapi_dbsession import (
     DatabaseSessionManager,
     DatabaseUnavailableError,
     _secrets,
+    _urls,
 )
 
 SECRET = "Zq8s3cr3tPw"
@@ -113,6 +115,13 @@ SHOWN = [
         "postgresql+psycopg://u@h/db?password=***",
     ),
     (f"http://u:{SECRET}@x/db", "http://u:***@x/db"),
+    # no scheme: everything after the first ":" (a password may hold a ":" itself)
+    (f"/qlite://u:pa:{SECRET}", "/qlite:***"),
+    ("not a url", "not a url"),  # nothing that could be a password: shown as given
+    # the host part starts after every "/": a password there is masked too
+    (f"nosuchdb:////u:{SECRET}", "nosuchdb:////u:***"),
+    # a ":" past the host part (in the database name) is no password
+    ("postgresql+nosuch://Xh/app:v2", "postgresql+nosuch://Xh/app:v2"),
 ]
 
 
@@ -176,6 +185,15 @@ def test_other_secret_query_values_are_masked_in_our_messages(
     assert "sslpassword=***" in repr(db)
     assert "sslmode=disable" in repr(db)  # only the secret values are masked
     _assert_hidden(repr(db), _shown(caught.value), logs.text)
+
+
+def test_a_url_password_wins_over_a_query_password() -> None:
+    db = DatabaseSessionManager(f"postgresql+psycopg://u:{SECRET}@h/db?password=other")
+
+    assert db.url is not None
+    assert db.url.password == SECRET  # the query's stays in the query, masked
+    assert dict(db.url.query) == {"password": "other"}
+    assert "other" not in repr(db)
 
 
 def test_query_password_moves_where_sqlalchemy_masks_it() -> None:
@@ -279,6 +297,14 @@ def test_secrets_of_three_characters_are_masked_and_shorter_ones_are_not() -> No
     assert _secrets.mask_text("user abc, pw ab", ["abc", "ab"]) == "user ***, pw ab"
 
 
+def test_a_urls_own_secrets_are_masked_in_free_text() -> None:
+    """A driver's message may quote the password bare (no "password=", no URL around it)."""
+    url = make_url(f"postgresql+psycopg://u:{SECRET}@h/db?sslpassword=k3yk3y")
+    text = f"auth failed with {SECRET} and key k3yk3y"
+    assert _urls.mask_text(text, url) == "auth failed with *** and key ***"
+    assert _urls.mask_text(text) == text  # without the URL, nothing says these are secrets
+
+
 def test_every_url_encoding_of_a_secret_is_masked() -> None:
     secret = "p/ss w@rd"
     for spelling in (secret, "p%2Fss+w%40rd", "p%2Fss%20w%40rd"):
@@ -292,6 +318,11 @@ _EXPECTED = (
 _SPELLING = (
     'Check the spelling of "dialect+driver", e.g. "postgresql+psycopg", "postgresql+asyncpg", '
     '"mysql+pymysql", "mariadb+aiomysql", "sqlite" (a third-party dialect must be installed).'
+)
+_AT = (
+    "the password (or the user name, or a query value) contains an '@' that is not "
+    "percent-encoded. Encode it as %40, e.g. with urllib.parse.quote_plus(password), or "
+    "build the URL with sqlalchemy.URL.create()."
 )
 _SQLITE = (
     'SQLite URLs have no user, password or host. Write "sqlite:///relative/path.db", '
@@ -342,6 +373,27 @@ _SQLITE = (
             'missing? Write ".../dbname?password=..." (or put the password before the host: '
             "user:password@host).",
         ),
+        (
+            URL.create("mysql+pymysql", database=f"u:{SECRET}@h"),
+            "url='mysql+pymysql:///u:***@h': what looks like user:password@host ended up in "
+            'the database name. Write "dialect+driver://user:password@host/dbname" (two '
+            "slashes).",
+        ),
+        (
+            URL.create("postgresql+psycopg", host="pa@h"),
+            f"url='postgresql+psycopg://pa@h' has more than one '@': {_AT}",
+        ),
+        (  # a query value holding "://" and an "@": counted from the first "://"
+            "postgresql+psycopg://u@h/db?x=http://a@b",
+            f"url='postgresql+psycopg://***@b' has more than one '@': {_AT}",
+        ),
+        (
+            f"postgresql://u?127.0.0.1/db?password={SECRET}",
+            "url='postgresql://u?127.0.0.1/db?password=***': a query parameter name contains "
+            "'?', '/' or '@', so a separator is misplaced (a second '?', or a '?' where the "
+            "'@' before the host belongs). Write "
+            '"dialect+driver://user:password@host/dbname?key=value&key=value".',
+        ),
         ("sqlite://u@h/app.db", f"url='sqlite://u@h/app.db': {_SQLITE}"),
         ("sqlite://h/app.db", f"url='sqlite://h/app.db': {_SQLITE}"),
         ("sqlite://u@/app.db", f"url='sqlite://u@/app.db': {_SQLITE}"),
@@ -366,3 +418,49 @@ def test_each_kind_of_refused_url_gets_its_whole_message(url: object, message: s
     with pytest.raises(ConfigurationError) as caught:
         DatabaseSessionManager(url)  # type: ignore[arg-type]
     assert str(caught.value) == message
+
+
+_HOSTS_HINT = "It names several hosts"
+_PORT_HINT = "A port must be a number"
+
+
+# Which hint a URL that does not parse gets: "several hosts" only when the host part (after
+# the first "://" and the last "@", before the first "/") has a comma.
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("postgresql+psycopg://u@h1:5x32,h2:5433", _HOSTS_HINT),  # no "/" after the hosts
+        ("postgresql+psycopg://u@h1:5x32,h2/db?x=http://y", _HOSTS_HINT),  # a 2nd "://"
+        ("postgresql+psycopg://u,v@h:bad/db", _PORT_HINT),  # the comma is in the user
+        ("postgresql+psycopg://u@a,b@h:bad/db", _PORT_HINT),  # ... before the last "@"
+        ("postgresql+psycopg://u@h:bad/db,x", _PORT_HINT),  # ... in the database name
+    ],
+)
+def test_the_hint_looks_at_the_host_part_only(url: str, hint: str) -> None:
+    with pytest.raises(ConfigurationError, match="is not a valid database URL") as caught:
+        DatabaseSessionManager(url)
+    assert hint in str(caught.value)
+    assert (_HOSTS_HINT if hint == _PORT_HINT else _PORT_HINT) not in str(caught.value)
+
+
+# URLs whose shape looks odd but is what the user meant: accepted as given.
+@pytest.mark.parametrize(
+    ("url", "database"),
+    [
+        ("postgresql+psycopg:///reports:2024", "reports:2024"),  # a ":" but no "@" anywhere
+        ("postgresql+psycopg://u@h/db?appX=1", "db"),  # only "?", "/", "@" mark a bad key
+        ("sqlite:///file:a%40b?mode=ro&uri=true", "file:a@b"),  # SQLite: "%40" is a file's
+    ],
+)
+def test_unusual_but_meant_urls_are_accepted(url: str, database: str) -> None:
+    db = DatabaseSessionManager(url)
+    assert db.url is not None
+    assert db.url.database == database
+
+
+def test_a_sqlite_file_name_may_hold_several_at_signs(tmp_path: Path) -> None:
+    db = DatabaseSessionManager(f"sqlite:///{tmp_path}/a@b@c.db")
+    with db.transaction() as session:
+        session.execute(text("CREATE TABLE t (x INTEGER)"))
+    db.dispose()
+    assert (tmp_path / "a@b@c.db").exists()

@@ -66,10 +66,26 @@ async def finish(frame: Frame, commit: bool, *, is_async: bool) -> None:
             await to_thread.run_sync(drive, flow)
 
 
-def group_of(scope: MutableMapping[str, Any], *, is_async: bool) -> CommitGroup:
-    """The request's group of request sessions on one side, kept in the ASGI scope."""
-    group: CommitGroup = scope.setdefault(_GROUP_KEYS[is_async], CommitGroup())
-    return group
+def join(scope: MutableMapping[str, Any], frame: Frame, *, is_async: bool) -> None:
+    """Record a request session opened on one side, in the ASGI scope.
+
+    The first one is kept as it is (its frame): a request with one manager's session builds no
+    group. A second one turns the entry into a :class:`CommitGroup` of both.
+    """
+    key = _GROUP_KEYS[is_async]
+    held = scope.setdefault(key, frame)
+    if held is frame:
+        return
+    if type(held) is CommitGroup:
+        held.join(frame)
+    else:
+        scope[key] = CommitGroup([held, frame])
+
+
+def shared_group(scope: MutableMapping[str, Any], *, is_async: bool) -> CommitGroup | None:
+    """The request's group of request sessions on one side, if it has several (else None)."""
+    held = scope.get(_GROUP_KEYS[is_async])
+    return held if type(held) is CommitGroup else None
 
 
 @dataclass(eq=False, slots=True)
@@ -91,10 +107,6 @@ class CommitGroup:
 
     def join(self, frame: Frame) -> None:
         self.frames.append(frame)
-
-    @property
-    def is_shared(self) -> bool:
-        return len(self.frames) > 1
 
     async def end(self, arrival: Arrival, *, is_async: bool) -> None:
         """Hand over one ending; the last to arrive ends the whole group, in opening order.

@@ -66,7 +66,7 @@ class Database:
     """The engines, session factories and capacity gate of one database, created lazily."""
 
     def __init__(self, config: Config) -> None:
-        self._config = config
+        self.config = config  # frozen: URLs, options, classes (a plain attribute: hot path)
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._async_engine: AsyncEngine | None = None
@@ -80,12 +80,7 @@ class Database:
         self.watchers = Watchers(config.observability, config.name)  # all opt-in
 
     def __repr__(self) -> str:
-        return f"DatabaseSessionManager({self._config.describe()})"
-
-    @property
-    def config(self) -> Config:
-        """The frozen configuration (URLs, options, classes, default commit policy)."""
-        return self._config
+        return f"DatabaseSessionManager({self.config.describe()})"
 
     # -- engines -------------------------------------------------------------------------
 
@@ -109,32 +104,32 @@ class Database:
         return value
 
     def _create_engine(self) -> Engine:
-        if self._config.engine is not None:
-            return self._config.engine  # the user's, used as it is
-        url = _require(self, self._config.url, side="sync")
+        if self.config.engine is not None:
+            return self.config.engine  # the user's, used as it is
+        url = _require(self, self.config.url, side="sync")
         engine = _engines.create(
             sqlalchemy.create_engine,  # looked up now: instrumentation may have wrapped it
             url,
-            self.watchers.engine_options(self._config.engine_options, is_async=False),
+            self.watchers.engine_options(self.config.engine_options, is_async=False),
             side="sync",
-            pgbouncer=self._config.pgbouncer,
-            timeouts=self._config.timeouts,
+            pgbouncer=self.config.pgbouncer,
+            timeouts=self.config.timeouts,
         )
         self._engine_created(engine, side="sync")
         return engine
 
     def _create_async_engine(self) -> AsyncEngine:
-        if self._config.async_engine is not None:
-            return self._config.async_engine
-        url = _require(self, self._config.async_url, side="async")
+        if self.config.async_engine is not None:
+            return self.config.async_engine
+        url = _require(self, self.config.async_url, side="async")
         create_async_engine = _compat.require_asyncio().create_async_engine
-        options = self._config.async_engine_options
-        if self._config.unshared_connect_args:
+        options = self.config.async_engine_options
+        if self.config.unshared_connect_args:
             logger.warning(
                 "engine_options['connect_args'] (%s) are for %s and were not given to the %s "
                 "async engine: pass the async driver's own in async_engine_options",
-                ", ".join(self._config.unshared_connect_args),
-                self._config.url.get_driver_name() if self._config.url else "the sync driver",
+                ", ".join(self.config.unshared_connect_args),
+                self.config.url.get_driver_name() if self.config.url else "the sync driver",
                 url.get_driver_name(),
             )
         engine: AsyncEngine = _engines.create(
@@ -142,8 +137,8 @@ class Database:
             url,
             self.watchers.engine_options(options, is_async=True),
             side="async",
-            pgbouncer=self._config.pgbouncer,
-            timeouts=self._config.timeouts,
+            pgbouncer=self.config.pgbouncer,
+            timeouts=self.config.timeouts,
         )
         self._engine_created(engine.sync_engine, side="async")
         return engine
@@ -151,7 +146,7 @@ class Database:
     def _engine_created(self, engine: Engine, *, side: str) -> None:
         """Install what watches a new engine (the sync one, or an async engine's sync one)."""
         self.watchers.engine_created(engine)
-        threshold = self._config.pool_saturation_warning
+        threshold = self.config.pool_saturation_warning
         if threshold is not None:
             _pressure.install_saturation_warning(engine, threshold, side=side)
 
@@ -225,8 +220,8 @@ class Database:
         if factory is None:
             factory = sessionmaker(
                 bind=self.engine,
-                class_=guarded_session_class(self._config.session_class),
-                **self._config.session_options,
+                class_=guarded_session_class(self.config.session_class, routed=self._others.routes),
+                **self.config.session_options,
             )
             self._sync_factory = factory
         return factory
@@ -237,11 +232,11 @@ class Database:
         factory = self._async_factory
         if factory is None:
             asyncio_ext = _compat.require_asyncio()
-            base = self._config.async_session_class or asyncio_ext.AsyncSession
+            base = self.config.async_session_class or asyncio_ext.AsyncSession
             factory = asyncio_ext.async_sessionmaker(
                 bind=self.async_engine,
-                class_=guarded_async_session_class(base),
-                **self._config.async_session_options,
+                class_=guarded_async_session_class(base, routed=self._others.routes),
+                **self.config.async_session_options,
             )
             self._async_factory = factory
         return factory
@@ -261,8 +256,10 @@ class Database:
             )
         else:
             session = self.session_factory()
-            self._others.route(session, read=read, key=id(self), is_async=False)
-        self.watchers.session_created(session)
+            if self._others.routes:  # replicas or binds: nothing to do without them
+                self._others.route(session, read=read, key=id(self), is_async=False)
+        if self.watchers.hold_threshold is not None:
+            self.watchers.session_created(session)
         return session
 
     async def async_new_session(
@@ -277,8 +274,10 @@ class Database:
             )
         else:
             session = self.async_session_factory()
-            self._others.route(session.sync_session, read=read, key=id(self), is_async=True)
-        self.watchers.session_created(session.sync_session)
+            if self._others.routes:
+                self._others.route(session.sync_session, read=read, key=id(self), is_async=True)
+        if self.watchers.hold_threshold is not None:
+            self.watchers.session_created(session.sync_session)
         return session
 
     # -- test binding --------------------------------------------------------------------
@@ -307,7 +306,7 @@ class Database:
         with self._lock:
             engine, self._engine, self._sync_factory = self._engine, None, None
             self._gate, self._gate_built = None, False
-        if engine is not None and (given_too or not self._config.is_given(engine)):
+        if engine is not None and (given_too or not self.config.is_given(engine)):
             engine.dispose()
             logger.info("disposed sync engine for %s", _urls.render(engine.url))
         self._others.dispose()
@@ -315,7 +314,7 @@ class Database:
     async def async_dispose(self, *, given_too: bool = True) -> None:
         """Close every pooled connection of the async engine (it is recreated on next use)."""
         engine = self._take_async_engine()
-        if engine is not None and (given_too or not self._config.is_given(engine)):
+        if engine is not None and (given_too or not self.config.is_given(engine)):
             await engine.dispose()
             logger.info("disposed async engine for %s", _urls.render(engine.url))
         await self._others.async_dispose()
@@ -327,17 +326,17 @@ class Database:
 
     def repoint(self, url: URL | None, async_url: URL | None) -> None:
         """Point at other databases (a test database), disposing the engines it replaces."""
-        self.reconfigure(self._config.with_urls(url, async_url))
+        self.reconfigure(self.config.with_urls(url, async_url))
 
     def reconfigure(self, config: Config) -> None:
         """Use ``config`` from now on (other URLs or engines); dispose the engines we built."""
         self.dispose(given_too=False)
         engine = self._take_async_engine()
-        if engine is not None and not self._config.is_given(engine):
+        if engine is not None and not self.config.is_given(engine):
             _dispose_outside_loop(engine)
         for other in self._others.take_async_engines():
             _dispose_outside_loop(other)
-        self._config = config
+        self.config = config
         self._others = _OtherEngines(config, self._engine_created)
 
     def after_fork(self) -> None:
@@ -359,7 +358,7 @@ class Database:
         if self._binding is not None:
             await self._binding.async_close_loop()  # the test owns the engines
             return
-        given_too = self._config.dispose_engines
+        given_too = self.config.dispose_engines
         await self.async_dispose(given_too=given_too)
         await anyio.to_thread.run_sync(lambda: self.dispose(given_too=given_too))
 
@@ -391,6 +390,8 @@ class _OtherEngines:
         if config.binds:
             owner = f"DatabaseSessionManager({config.describe()})"
             self.binds = BindSet(config.binds, functools.partial(create, kind="bind"), owner)
+        self.routes = bool(self.replicas) or self.binds is not None
+        """Whether sessions need a router or a bind look-up (else they route nothing)."""
 
     def route(self, session: Session, *, read: bool, key: int, is_async: bool) -> None:
         """Give a new session its replica router and its bind look-up."""

@@ -56,12 +56,12 @@ _POLL = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
 def install(engine: Engine) -> None:
-    """Check connections at checkout and redo a first statement that met a dead one.
+    """Check connections at checkout and mark the first statement after it.
 
-    The checkout check is a pool ``checkout`` listener. The first-statement redo wraps the
-    dialect's own ``do_execute`` methods on this engine's dialect instance (as
-    ``_engines`` wraps its ``connect``) instead of listening to the dialect's events: any
-    dialect event listener makes SQLAlchemy dispatch dialect events on every statement
+    The checkout check is a pool ``checkout`` listener. The first-statement re-send is part of
+    the one wrapper ``_roundtrips`` puts around the dialect's ``do_execute`` methods (with
+    :func:`first_since_checkout` and :func:`replacement_cursor`), not a dialect event
+    listener: any of those makes SQLAlchemy dispatch dialect events on every statement
     (``do_setinputsizes`` included), which costs more than the check itself.
     """
     sync_engine: Engine = getattr(engine, "sync_engine", engine)
@@ -80,8 +80,6 @@ def install(engine: Engine) -> None:
         record.info[_FIRST] = True
 
     event.listen(sync_engine, "checkout", on_checkout)
-    for name in ("do_execute", "do_execute_no_params", "do_executemany"):
-        setattr(dialect, name, _resending(dialect, getattr(dialect, name)))
 
 
 _met_a_dead_one: weakref.WeakSet[PoolProxiedConnection] = weakref.WeakSet()
@@ -106,38 +104,16 @@ def _dead_again(proxy: PoolProxiedConnection, exc: DisconnectionError, engine: E
     ) from exc
 
 
-def _resending(dialect: Dialect, send: Callable[..., object]) -> Callable[..., object]:
-    """Wrap one of the dialect's ``do_execute`` methods: a first statement after checkout
-    that meets a dead connection is sent again, once, on a fresh one."""
-
-    def first_or_send(cursor: DBAPICursor, statement: str, *rest: Any) -> object:
-        context: ExecutionContext | None = rest[-1] if rest else None
-        info = None if context is None else _first_info(context)
-        if info is None:
-            return send(cursor, statement, *rest)
-        try:
-            return send(cursor, statement, *rest)
-        except Exception as exc:
-            assert context is not None
-            fresh = _replacement_cursor(dialect, context, exc)
-            if fresh is None:
-                raise
-            return send(fresh, statement, *rest)
-
-    return first_or_send
-
-
-def _first_info(context: ExecutionContext) -> dict[str, Any] | None:
-    """The connection's info if this is the first statement since checkout (clearing the
-    mark), else None."""
+def first_since_checkout(context: ExecutionContext) -> bool:
+    """Whether this is the connection's first statement since checkout (clearing the mark)."""
     try:
         info = context.root_connection.connection.info
     except NotImplementedError:  # SQLAlchemy's own first-connect queries, before any checkout
-        return None
+        return False
     if not info.get(_FIRST):
-        return None
+        return False
     info[_FIRST] = False
-    return info
+    return True
 
 
 def check(dialect: Dialect, dbapi_connection: DBAPIConnection) -> None:
@@ -240,7 +216,7 @@ _PROBES_BY_PACKAGE: dict[str, Callable[[Any], str]] = {
 _probes: dict[type, Callable[[Any], str]] = {}
 
 
-def _replacement_cursor(
+def replacement_cursor(
     dialect: Dialect, context: ExecutionContext, exc: Exception
 ) -> DBAPICursor | None:
     """After the first statement since checkout failed with ``exc``: if it met a dead

@@ -10,10 +10,13 @@ Two guards and a router hook, written once on the sync ``Session`` (which ``Asyn
 
 - ``get_bind`` asks the session's bind look-up (``session.info[BINDS]``, a manager with
   ``binds``) and then its router (``session.info[ROUTER]``, set by a manager with read
-  replicas) where each statement goes; sessions without either bind as their class would.
+  replicas) where each statement goes. Only the *routed* subclass (``routed=True``, for a
+  manager with ``binds`` or ``replica_urls``) has it: the sessions of any other manager bind
+  as their class would, with no code of ours per statement.
 
-Each user class (``Session``, ``sqlmodel.Session``, ...) gets one cached subclass that only
-adds these guards; ``isinstance`` checks against the user's class keep working.
+Each user class (``Session``, ``sqlmodel.Session``, ...) gets one cached subclass per kind
+(routed or not) that only adds these guards; ``isinstance`` checks against the user's class
+keep working.
 """
 
 from __future__ import annotations
@@ -78,9 +81,9 @@ _OWNED = (
     "scalars",
 )
 
-_sync_classes: dict[type[Session], type[Session]] = {}
+_sync_classes: dict[tuple[type[Session], bool], type[Session]] = {}
 _owned_classes: dict[type[Session], type[Session]] = {}
-_async_classes: dict[type[Any], type[Any]] = {}
+_async_classes: dict[tuple[type[Any], bool], type[Any]] = {}
 
 
 def _named_like(base: type[Any], parent: type[Any], namespace: dict[str, object]) -> type[Any]:
@@ -115,13 +118,14 @@ def _routed_get_bind(base: type[Session]) -> Callable[..., Any]:
     return get_bind
 
 
-def guarded_session_class(base: type[_S]) -> type[_S]:
-    """Return the subclass of ``base`` that refuses to restart once finished."""
-    cls = _sync_classes.get(base)
+def guarded_session_class(base: type[_S], *, routed: bool = False) -> type[_S]:
+    """Return the subclass of ``base`` that refuses to restart once finished (``routed``:
+    and asks the session's bind look-up and router where each statement goes)."""
+    cls = _sync_classes.get((base, routed))
     if cls is None:
-        cls = _named_like(base, base, {"get_bind": _routed_get_bind(base)})
+        cls = _named_like(base, base, {"get_bind": _routed_get_bind(base)} if routed else {})
         event.listen(cls, "after_transaction_create", _refuse_finished)
-        _sync_classes[base] = cls
+        _sync_classes[base, routed] = cls
     return cls  # type: ignore[return-value]
 
 
@@ -171,14 +175,14 @@ def _current_task_name() -> str:
     return repr(task.get_name()) if task is not None else "<no task>"
 
 
-def _owned_session_class(base: type[_S]) -> type[_S]:
+def _owned_session_class(base: type[_S], *, routed: bool) -> type[_S]:
     """The sync session class behind a guarded ``AsyncSession``: operations take the guard.
 
     Every ``AsyncSession`` operation runs one of these methods in a greenlet (``scalars`` and
     ``stream_scalars`` through ``execute`` and ``stream``, ``run_sync`` through whatever the
     function calls), so guarding them guards the ``AsyncSession``.
     """
-    guarded = guarded_session_class(base)
+    guarded = guarded_session_class(base, routed=routed)
     cls = _owned_classes.get(guarded)
     if cls is None:
         namespace: dict[str, object] = {
@@ -194,13 +198,14 @@ def _owned_session_class(base: type[_S]) -> type[_S]:
     return cls  # type: ignore[return-value]
 
 
-def guarded_async_session_class(base: type[_A]) -> type[_A]:
-    """Return the subclass of ``base`` with the concurrency and finished-session guards."""
-    cls = _async_classes.get(base)
+def guarded_async_session_class(base: type[_A], *, routed: bool = False) -> type[_A]:
+    """Return the subclass of ``base`` with the concurrency and finished-session guards
+    (``routed``: its sync sessions route statements, as :func:`guarded_session_class`)."""
+    cls = _async_classes.get((base, routed))
     if cls is None:
-        sync_class = _owned_session_class(base.sync_session_class)
+        sync_class = _owned_session_class(base.sync_session_class, routed=routed)
         cls = _named_like(base, base, {"sync_session_class": sync_class})
-        _async_classes[base] = cls
+        _async_classes[base, routed] = cls
     return cls
 
 

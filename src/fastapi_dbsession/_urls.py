@@ -8,7 +8,7 @@ SQLAlchemy's form (``postgresql+psycopg://app@/app?host=h1:5432&host=h2:5432``) 
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -109,7 +109,9 @@ def parse(value: object, *, argument: str) -> URL:
     """
     if isinstance(value, URL):
         url = value
-        shown = _secrets.mask_raw(render(value))
+        # render() percent-encodes the database name: decoded, a "user:password@host" that
+        # ended up there is masked as in a string
+        shown = _secrets.mask_raw(unquote(render(value)))
     elif isinstance(value, str):
         shown = _secrets.mask_raw(value)
         try:
@@ -190,7 +192,7 @@ def _check_shape(url: URL, raw: str, shown: str, *, argument: str) -> None:
             'belongs). Write "dialect+driver://user:password@host/dbname?key=value&key=value".'
         )
     database = url.database or ""
-    at = "@" in raw or (url.get_backend_name() != "sqlite" and "%40" in raw.lower())
+    at = "@" in raw or (url.get_backend_name() != "sqlite" and "%40" in raw)
     if url.host is None and ":" in database and at:
         raise ConfigurationError(
             f"{argument}={shown!r}: what looks like user:password@host ended up in the "
@@ -242,7 +244,6 @@ def is_sqlite_memory(url: URL) -> bool:
     """Tell whether ``url`` is an in-memory SQLite database (one per process, shared)."""
     if url.get_backend_name() != "sqlite":
         return False
-    database = url.database or ""
-    return database in ("", ":memory:") or (
-        database.startswith("file:") and "mode=memory" in database
-    )
+    # SQLAlchemy's own test (pysqlite's _is_url_file_db): make_url keeps "?mode=memory" of
+    # "sqlite:///file:name?mode=memory&uri=true" in the query, never in the database name
+    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"

@@ -1,8 +1,9 @@
 """Hold what watches one database's engines and sessions: the :class:`Watchers`.
 
 Query recording, hold-time watches, engine-created hooks and pool-gate observers are all
-opt-in; a ``Database`` owns one ``Watchers`` and calls it when it creates an engine or a
-session. With nothing switched on, each call is an attribute check.
+opt-in; a ``Database`` owns one ``Watchers`` and calls it when it creates an engine, and
+when it creates a session if ``hold_threshold`` is set. With nothing switched on, a request
+costs attribute checks, no call.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import _holds
+from . import _holds, _roundtrips
 from ._recording import Observability, QueryRecorder
 
 if TYPE_CHECKING:
@@ -42,11 +43,13 @@ class Watchers:
     def engine_created(self, engine: Engine) -> None:
         """Install what watches a new engine (the sync one, or an async engine's sync one)."""
         if self.recorder is not None:
-            self.recorder.install(engine)
+            _roundtrips.install(engine, recorder=self.recorder)
         for hook in self.engine_hooks:
             hook(engine)
 
     def session_created(self, session: Session) -> None:
-        """Watch a new session's hold time (a sync session, or an AsyncSession's sync one)."""
-        if self.hold_threshold is not None:
-            _holds.watch(session, self.hold_threshold, self.name)
+        """Watch a new session's hold time (a sync session, or an AsyncSession's sync one).
+
+        Called only when ``hold_threshold`` is set."""
+        assert self.hold_threshold is not None
+        _holds.watch(session, self.hold_threshold, self.name)

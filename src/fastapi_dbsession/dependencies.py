@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
 from ._capacity import CapacityGate
-from ._commit_group import Arrival, finish, group_of
+from ._commit_group import Arrival, finish, join, shared_group
 from ._database import Database
 from ._endpoints import EndpointGuard, register
 from ._frames import Frame, Root, frames_of
@@ -194,8 +194,10 @@ def _status(connection: HTTPConnection, response: Response) -> int | None:
 
 
 def _enter_writes(connection: HTTPConnection, response: Response, database: Database) -> None:
-    """Give the request its record of writes (read-your-writes across its sessions), once."""
-    if not database.config.replica_urls or database.is_bound:
+    """Give the request its record of writes (read-your-writes across its sessions), once.
+
+    Called for a manager with read replicas only."""
+    if database.is_bound:
         return
     store: dict[int, Writes] = connection.scope.setdefault(_WRITES_KEY, {})
     enter_request(store)
@@ -252,7 +254,8 @@ class _RequestUnit:
     async def open(self, connection: HTTPConnection, response: Response) -> _Opened:
         """Take a pool permit (sync), make the session and make it the context's unit."""
         database = self.database
-        _enter_writes(connection, response, database)
+        if database.config.replica_urls:
+            _enter_writes(connection, response, database)
         read = self.is_read or _route_rule(connection, database)[0] == "read_only"
         gate = None if self.is_async else database.capacity_gate()
         if gate is not None:
@@ -279,7 +282,7 @@ class _RequestUnit:
         token = None
         if not self.is_read:  # a read session never commits: it ends on its own
             token = self.frames.set(frame)
-            group_of(connection.scope, is_async=self.is_async).join(frame)
+            join(connection.scope, frame, is_async=self.is_async)
         recording = None
         if database.watchers.recorder is not None:
             recording = database.watchers.recorder.start(_label(connection), connection.scope)
@@ -311,16 +314,18 @@ class _RequestUnit:
                 be reached (a failover, a restart): rolled back, the client gets a 503.
         """
         _, frame, token, gate, recording = opened
-        group = None if self.is_read else group_of(connection.scope, is_async=self.is_async)
-        release: Callable[[], None] = functools.partial(self._release, gate, recording)
+        group = None if self.is_read else shared_group(connection.scope, is_async=self.is_async)
+        released = False
         try:
             policy, statuses = _route_rule(connection, self.database)
             if self.is_read:
                 policy = "read_only"
             status = _status(connection, response)
             commit = error is None and should_commit(policy, None, status, statuses)
-            if group is not None and group.is_shared:  # several databases: end them together
-                arrival, release = Arrival(self.database, frame, commit, release), _nothing
+            if group is not None:  # several databases: end them together
+                release = functools.partial(self._release, gate, recording)
+                released = True  # the group releases every arrival's permit and recording
+                arrival = Arrival(self.database, frame, commit, release)
                 await group.end(arrival, is_async=self.is_async)
             else:
                 await finish(frame, commit, is_async=self.is_async)
@@ -329,7 +334,8 @@ class _RequestUnit:
         finally:
             if token is not None:
                 self.frames.reset(token)
-            release()
+            if not released and (gate is not None or recording is not None):
+                self._release(gate, recording)
         if error is not None:
             replacement = _as_response(self.database, error, is_async=self.is_async)
             if replacement is not error:
@@ -341,10 +347,6 @@ class _RequestUnit:
         if recording is not None:
             assert self.database.watchers.recorder is not None
             self.database.watchers.recorder.stop(*recording)
-
-
-def _nothing() -> None:
-    return None
 
 
 async def _observed_pass(

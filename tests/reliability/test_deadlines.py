@@ -25,6 +25,7 @@ from fastapi_dbsession import (
     DatabaseSessionManager,
 )
 from tests.conftest import Backend
+from tests.connect_arguments import driver_arguments
 from tests.reliability.faults import CuttingProxy
 
 DEADLINE = 1.0
@@ -162,37 +163,12 @@ def test_a_forked_child_keeps_the_deadline(request: pytest.FixtureRequest) -> No
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-class _Stop(Exception):
-    """Raised instead of connecting, once the driver's arguments are seen."""
-
-
 def _driver_arguments(url: str, **options: Any) -> dict[str, Any]:
     """What the driver's ``connect()`` would get (SQLAlchemy's ``do_connect`` event shows it)."""
-    db = DatabaseSessionManager(url, **options)
     is_async = url.split("://", maxsplit=1)[0] in ("postgresql+asyncpg", "mysql+aiomysql")
-    engine = db.async_engine.sync_engine if is_async else db.engine
-    seen: dict[str, Any] = {}
-
-    @event.listens_for(engine, "do_connect")
-    def capture(dialect: object, record: object, cargs: object, cparams: dict[str, Any]) -> None:
-        seen.update(cparams)
-        raise _Stop
-
-    async def connect_async() -> None:
-        try:
-            async with db.async_engine.connect():
-                pass
-        finally:
-            await db.async_dispose()
-
-    with pytest.raises(_Stop):
-        if is_async:
-            anyio.run(connect_async)
-        else:
-            with db.engine.connect():
-                pass
-    db.dispose()
-    return seen
+    return driver_arguments(
+        DatabaseSessionManager(url, **options), side="async" if is_async else "sync"
+    )
 
 
 @pytest.mark.parametrize(
