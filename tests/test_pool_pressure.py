@@ -25,6 +25,7 @@ from tests.conftest import Backend
 from tests.holding import held, holding_app
 
 WAIT = 1.0
+HOLD = 0.3  # tests/pressure_app.py's HOLD
 
 
 @pytest.fixture
@@ -73,7 +74,14 @@ def test_40_slow_requests_on_a_pool_of_2_get_2xx_or_503_within_the_wait(
     assert set(statuses) <= {200, 503}, statuses
     assert statuses.count(200) >= 2  # the pool did serve while it was saturated
     assert statuses.count(503) >= 1  # and the burst really was more than it could take
-    assert max(elapsed for _, elapsed, _ in outcomes) < WAIT + 1
+    # a 503 comes once the wait is over; a 200 may have waited that long and then held its
+    # connection for HOLD; 1 s of slack on either, for a loaded 2-core CI machine
+    late = [
+        (status, round(elapsed, 3))
+        for status, elapsed, _ in outcomes
+        if elapsed >= WAIT + (HOLD if status == 200 else 0) + 1
+    ]
+    assert late == [], late
     assert all(retry == "1" for status, _, retry in outcomes if status == 503)
     assert httpx.get(f"{server}/checked-out").json() == {"sync": 0, "async": 0}
 

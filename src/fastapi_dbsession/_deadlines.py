@@ -3,13 +3,15 @@
 A server that stops answering (frozen, a dead host behind a live TCP stack, a network that
 drops packets) leaves the client waiting forever: TCP keepalives succeed while the server's
 kernel still acknowledges, and a statement timeout runs on the server, which is the part that
-stopped. :func:`install` wraps the engine dialect's round trips (``do_execute``,
-``do_executemany``, ``do_execute_no_params``, ``do_commit``, ``do_rollback``, ``do_ping``) so
-that one shared watchdog thread knows when each began. A round trip still running
-``command_timeout`` seconds later has its socket shut down: the driver's blocked read returns
-at once with a lost connection, the wrapper raises :class:`CommandTimeoutError` in its place,
-and the connection is invalidated (never returned to the pool). This works the same for
-every driver, sync and asyncio, because it acts on the socket, not on the driver's API.
+stopped. :func:`install` wraps the engine dialect's ``do_commit``, ``do_rollback`` and
+``do_ping``, and ``_roundtrips`` its statements (``do_execute``, ``do_executemany``,
+``do_execute_no_params``), so that one shared watchdog thread knows when each round trip
+began. A round trip still running ``command_timeout`` seconds later has its socket shut down:
+the driver's blocked read returns at once with a lost connection, the wrapper raises
+:class:`CommandTimeoutError` in its place, and the connection is invalidated (never returned
+to the pool: a statement's by the wrapper, a ``COMMIT`` / ``ROLLBACK``'s by SQLAlchemy when
+the next round trip meets the shut socket). This works the same for every driver, sync and
+asyncio, because it acts on the socket, not on the driver's API.
 
 The cost on a round trip that answers in time is one entry put into a dict and popped again,
 no lock and no system call: the watchdog finds the connection's socket only when it fires,
@@ -29,13 +31,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
-
 from ._liveness import socket_fd
 from .errors import CommandTimeoutError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine, ExceptionContext
+    from sqlalchemy.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -124,21 +124,19 @@ def _shut_down(fd: int) -> None:
         sock.close()
 
 
-_watchdog = _Watchdog()
+watchdog = _Watchdog()
+"""The process's watchdog (``_roundtrips`` arms it for each statement)."""
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_watchdog.after_fork)
+    os.register_at_fork(after_in_child=watchdog.after_fork)
 
 
 def install(engine: Engine, command_timeout: float) -> None:
-    """Put every round trip of ``engine`` under a ``command_timeout``-second deadline."""
+    """Put ``engine``'s ``COMMIT``, ``ROLLBACK`` and ping under a ``command_timeout``-second
+    deadline (its statements get theirs from ``_roundtrips``, in the one statement wrapper)."""
     dialect: Any = engine.dialect
-    for name in ("do_execute", "do_executemany", "do_execute_no_params"):
-        method = getattr(dialect, name)
-        setattr(dialect, name, _guarded(method, command_timeout, _of_context, _timed_out))
     for name in ("do_commit", "do_rollback", "do_ping"):
         method = getattr(dialect, name)
-        setattr(dialect, name, _guarded(method, command_timeout, _of_connection, _timed_out))
-    event.listen(engine, "handle_error", _invalidate_timed_out)
+        setattr(dialect, name, _guarded(method, command_timeout, _of_connection, timed_out))
 
 
 def _guarded(
@@ -149,7 +147,6 @@ def _guarded(
 ) -> Callable[..., Any]:
     """``method`` under the watchdog: past ``seconds``, its socket is shut down and
     ``timed_out(seconds)`` raised in place of whatever the driver raised (or returned)."""
-    watchdog = _watchdog
     active = watchdog.active
     tokens = watchdog.tokens
     monotonic = time.monotonic
@@ -217,12 +214,13 @@ def bound_handshake(engine: Engine) -> None:
 
 
 def _no_greeting(seconds: float) -> TimeoutError:
-    with _watchdog.fired:
+    with watchdog.fired:
         pass
     return TimeoutError(f"the server did not answer the handshake within {seconds:g} seconds")
 
 
-def _of_context(cursor: object, statement: object, *rest: Any) -> object:
+def of_context(cursor: object, statement: object, *rest: Any) -> object:
+    """The DBAPI connection of a statement's ``do_execute`` arguments (for the watchdog)."""
     context = rest[-1] if rest else None
     return None if context is None else context.root_connection.connection.dbapi_connection
 
@@ -231,14 +229,9 @@ def _of_connection(connection: object) -> object:
     return getattr(connection, "dbapi_connection", connection)
 
 
-def _invalidate_timed_out(context: ExceptionContext) -> None:
-    if isinstance(context.original_exception, CommandTimeoutError):
-        context.is_disconnect = True  # discard this connection only: others may be fine
-        context.invalidate_pool_on_disconnect = False
-
-
-def _timed_out(seconds: float) -> CommandTimeoutError:
-    with _watchdog.fired:  # the watchdog finished shutting the socket down
+def timed_out(seconds: float) -> CommandTimeoutError:
+    """The error for a round trip past its deadline (once its socket is shut down)."""
+    with watchdog.fired:  # the watchdog finished shutting the socket down
         pass
     return CommandTimeoutError(
         f"The database did not answer within command_timeout={seconds:g} seconds, so the "

@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
 
-from . import _checks, _deadlines, _drivers, _liveness, _urls
+from . import _checks, _deadlines, _drivers, _liveness, _roundtrips, _urls
 from .errors import ConfigurationError, DatabaseUnavailableError, MissingDriverError
 
 if TYPE_CHECKING:
@@ -210,12 +210,13 @@ def create(
             explicit_begin=user_options.get("sqlite_explicit_begin", True),
         )
     else:
-        # deadlines first: the liveness wrapper goes around them, so a first statement cut by
-        # command_timeout is not re-sent (that would wait again, on a new connection)
         if command_timeout is not None:
-            _deadlines.install(sync_engine, command_timeout)
-        if "pool_pre_ping" not in user_options:  # True: SQLAlchemy's ping; False: no check
+            _deadlines.install(sync_engine, command_timeout)  # COMMIT, ROLLBACK, the ping
+        liveness = "pool_pre_ping" not in user_options  # True: SQLAlchemy's ping; False: none
+        if liveness:
             _liveness.install(sync_engine)
+        # the statements: one wrapper for the deadline and the first-statement re-send
+        _roundtrips.install(sync_engine, command_timeout=command_timeout, resend=liveness)
     logger.info("created %s engine for %s", side, shown)
     return engine
 

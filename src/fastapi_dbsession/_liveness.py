@@ -15,6 +15,12 @@ knows, installed on an engine by :func:`install`:
   again, once. Never after anything was sent, never in autocommit mode (the statement may have
   committed), never with a custom isolation level (the new connection would not carry it).
 
+SQLAlchemy's pool gives a checkout two attempts: when the new connection that replaced a dead
+one is dead as well, the database is ending connections as fast as they are made (killed,
+restarting, failing over), and the checkout raises :class:`DatabaseUnavailableError` (a 503
+with ``Retry-After`` for a request) instead of SQLAlchemy's ``InvalidRequestError("This
+connection is closed")``, which looks like a bug. Nothing was sent.
+
 Some drivers expose their socket only through attributes without a public accessor (asyncpg's
 ``_transport``, PyMySQL's ``_sock``, aiomysql's ``_reader``), and SQLAlchemy has no public way
 to reconnect a checked-out connection in place (``_connection_record``). They are read with
@@ -27,11 +33,15 @@ from __future__ import annotations
 
 import logging
 import select
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
+
+from . import _urls
+from .errors import DatabaseUnavailableError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect, Engine
@@ -46,12 +56,12 @@ _POLL = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
 def install(engine: Engine) -> None:
-    """Check connections at checkout and redo a first statement that met a dead one.
+    """Check connections at checkout and mark the first statement after it.
 
-    The checkout check is a pool ``checkout`` listener. The first-statement redo wraps the
-    dialect's own ``do_execute`` methods on this engine's dialect instance (as
-    ``_engines`` wraps its ``connect``) instead of listening to the dialect's events: any
-    dialect event listener makes SQLAlchemy dispatch dialect events on every statement
+    The checkout check is a pool ``checkout`` listener. The first-statement re-send is part of
+    the one wrapper ``_roundtrips`` puts around the dialect's ``do_execute`` methods (with
+    :func:`first_since_checkout` and :func:`replacement_cursor`), not a dialect event
+    listener: any of those makes SQLAlchemy dispatch dialect events on every statement
     (``do_setinputsizes`` included), which costs more than the check itself.
     """
     sync_engine: Engine = getattr(engine, "sync_engine", engine)
@@ -62,46 +72,48 @@ def install(engine: Engine) -> None:
         record: ConnectionPoolEntry,
         proxy: PoolProxiedConnection,
     ) -> None:
-        check(dialect, dbapi_connection)
+        try:
+            check(dialect, dbapi_connection)
+        except DisconnectionError as exc:
+            _dead_again(proxy, exc, sync_engine)
+            raise
         record.info[_FIRST] = True
 
     event.listen(sync_engine, "checkout", on_checkout)
-    for name in ("do_execute", "do_execute_no_params", "do_executemany"):
-        setattr(dialect, name, _resending(dialect, getattr(dialect, name)))
 
 
-def _resending(dialect: Dialect, send: Callable[..., object]) -> Callable[..., object]:
-    """Wrap one of the dialect's ``do_execute`` methods: a first statement after checkout
-    that meets a dead connection is sent again, once, on a fresh one."""
-
-    def first_or_send(cursor: DBAPICursor, statement: str, *rest: Any) -> object:
-        context: ExecutionContext | None = rest[-1] if rest else None
-        info = None if context is None else _first_info(context)
-        if info is None:
-            return send(cursor, statement, *rest)
-        try:
-            return send(cursor, statement, *rest)
-        except Exception as exc:
-            assert context is not None
-            fresh = _replacement_cursor(dialect, context, exc)
-            if fresh is None:
-                raise
-            return send(fresh, statement, *rest)
-
-    return first_or_send
+_met_a_dead_one: weakref.WeakSet[PoolProxiedConnection] = weakref.WeakSet()
+"""Checkouts (the pool's proxy, one per checkout) whose first connection was dead."""
 
 
-def _first_info(context: ExecutionContext) -> dict[str, Any] | None:
-    """The connection's info if this is the first statement since checkout (clearing the
-    mark), else None."""
+def _dead_again(proxy: PoolProxiedConnection, exc: DisconnectionError, engine: Engine) -> None:
+    """Raise ``DatabaseUnavailableError`` if this checkout already met a dead connection.
+
+    The pool's own answer to a second dead connection is ``InvalidRequestError("This
+    connection is closed")``; raising our error instead ends the checkout the same way (the
+    pool discards the connection) but says that the database is dropping connections.
+    """
+    if proxy not in _met_a_dead_one:
+        _met_a_dead_one.add(proxy)
+        return
+    raise DatabaseUnavailableError(
+        f"The database at {_urls.render(engine.url)} is dropping connections (killed, "
+        "restarting, failing over): the connection the pool lent was dead, and so was the new "
+        f"one opened to replace it ({exc}). Nothing of the transaction was sent; the client "
+        "may retry shortly."
+    ) from exc
+
+
+def first_since_checkout(context: ExecutionContext) -> bool:
+    """Whether this is the connection's first statement since checkout (clearing the mark)."""
     try:
         info = context.root_connection.connection.info
     except NotImplementedError:  # SQLAlchemy's own first-connect queries, before any checkout
-        return None
+        return False
     if not info.get(_FIRST):
-        return None
+        return False
     info[_FIRST] = False
-    return info
+    return True
 
 
 def check(dialect: Dialect, dbapi_connection: DBAPIConnection) -> None:
@@ -204,7 +216,7 @@ _PROBES_BY_PACKAGE: dict[str, Callable[[Any], str]] = {
 _probes: dict[type, Callable[[Any], str]] = {}
 
 
-def _replacement_cursor(
+def replacement_cursor(
     dialect: Dialect, context: ExecutionContext, exc: Exception
 ) -> DBAPICursor | None:
     """After the first statement since checkout failed with ``exc``: if it met a dead

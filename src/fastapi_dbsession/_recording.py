@@ -1,8 +1,8 @@
 """Record the SQL statements an engine runs: per-request figures and the slow-query log.
 
 Opt-in: a :class:`QueryRecorder` exists only when the manager was asked to record queries or
-to log slow ones, and only then are its engines' ``do_execute`` methods wrapped to time each
-statement. With both off, nothing is wrapped and nothing runs per statement.
+to log slow ones, and only then does the statement wrapper of its engines (``_roundtrips``)
+time each statement. With both off, nothing is wrapped and nothing runs per statement.
 
 Statements are attributed to the request (or unit) whose context runs them through a context
 variable holding a mutable :class:`QueryStats`: a sync endpoint's worker thread and an
@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import inspect
 import logging
-import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+from typing import Any
 
 query_logger = logging.getLogger("fastapi_dbsession.queries")
 slow_query_logger = logging.getLogger("fastapi_dbsession.slow_queries")
@@ -95,28 +91,6 @@ class QueryRecorder:
             f"fastapi_dbsession.queries.{database}", default=None
         )
 
-    def install(self, engine: Engine) -> None:
-        """Time ``engine``'s statements (a sync engine, or an async engine's sync one).
-
-        Wraps the engine dialect's ``do_execute`` methods rather than listening to
-        ``before_cursor_execute`` / ``after_cursor_execute``: an engine event listener makes
-        SQLAlchemy dispatch connection events around every statement, begin and commit.
-        """
-        dialect = engine.dialect
-        for name in ("do_execute", "do_execute_no_params", "do_executemany"):
-            setattr(dialect, name, self._timed(getattr(dialect, name)))
-
-    def _timed(self, send: Callable[..., object]) -> Callable[..., object]:
-        clock = time.perf_counter
-
-        def timed(cursor: object, statement: str, *rest: Any) -> object:
-            started = clock()
-            result = send(cursor, statement, *rest)  # a failed statement is not counted
-            self._after(clock() - started, statement, rest[0] if len(rest) > 1 else None)
-            return result
-
-        return timed
-
     def start(
         self, label: str, scope: MutableMapping[str, Any] | None = None
     ) -> tuple[QueryStats, Token[QueryStats | None]]:
@@ -145,7 +119,14 @@ class QueryRecorder:
                 },
             )
 
-    def _after(self, elapsed: float, statement: str, parameters: object) -> None:
+    def after(self, elapsed: float, statement: str, parameters: object) -> None:
+        """Count one statement that took ``elapsed`` seconds; log it if it was slow.
+
+        Called by the statement wrapper of ``_roundtrips``, which times the engine's
+        statements (the dialect's ``do_execute`` methods) rather than listening to
+        ``before_cursor_execute`` / ``after_cursor_execute``: an engine event listener makes
+        SQLAlchemy dispatch connection events around every statement, begin and commit.
+        """
         stats = self.current.get()
         if stats is not None:
             stats.add(elapsed)

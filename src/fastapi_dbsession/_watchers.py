@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import _holds
+from . import _holds, _roundtrips
 from ._recording import Observability, QueryRecorder
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class Watchers:
     def engine_created(self, engine: Engine) -> None:
         """Install what watches a new engine (the sync one, or an async engine's sync one)."""
         if self.recorder is not None:
-            self.recorder.install(engine)
+            _roundtrips.install(engine, recorder=self.recorder)
         for hook in self.engine_hooks:
             hook(engine)
 
