@@ -6,6 +6,7 @@ in the ``billing`` bind (MariaDB). Rows are checked through fresh connections to
 
 # No "from __future__ import annotations": FastAPI reads the routes' local Annotated aliases.
 import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -15,11 +16,13 @@ from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert, select, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.elements import TextClause
 
-from fastapi_dbsession import ConfigurationError, DatabaseSessionManager
+from fastapi_dbsession import ConfigurationError, DatabaseSessionManager, PartialCommitError
 from fastapi_dbsession.testing import isolated
 
 SENTINEL = "Bind-Sentinel-Pw-7731"
@@ -206,3 +209,180 @@ def test_isolation_refuses_bound_models_instead_of_writing_them_elsewhere(
             write(Invoice(amount=1))
     assert count(make_url(f"sqlite:///{tmp_path / 'app.db'}"), "bind_notes") == 0
     db.dispose()
+
+
+# -- commit order without two-phase commit -------------------------------------------------
+
+BAD_CHILD = text("INSERT INTO bind_child (parent_id) VALUES (42)")  # no parent 42: fails at COMMIT
+audit = Table("bind_audit", MetaData(info={"bind_key": "audit"}), Column("id", Integer))
+
+
+def create_deferred_child(url: URL) -> None:
+    """A PostgreSQL table whose foreign key is checked at COMMIT: the insert works, COMMIT fails."""
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS bind_child, bind_parent"))
+        connection.execute(text("CREATE TABLE bind_parent (id int PRIMARY KEY)"))
+        connection.execute(text("INSERT INTO bind_parent VALUES (1)"))
+        connection.execute(
+            text(
+                "CREATE TABLE bind_child (id serial PRIMARY KEY, parent_id int REFERENCES "
+                "bind_parent DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+    engine.dispose()
+
+
+def drop_deferred_child(url: URL) -> None:
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS bind_child, bind_parent"))
+    engine.dispose()
+
+
+def idle_in_transaction(postgres: URL) -> int:
+    """Connections to ``postgres``'s database left inside a transaction (not rolled back)."""
+    engine = create_engine(postgres, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return int(
+                connection.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = :db "
+                        "AND state LIKE 'idle in transaction%'"
+                    ),
+                    {"db": postgres.database},
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def mariadb_first(postgres_database: URL, mariadb_database: URL) -> Iterator[tuple[URL, URL]]:
+    """MariaDB as the manager's database (notes, audit), PostgreSQL as the billing bind."""
+    engine = create_engine(mariadb_database, poolclass=NullPool)
+    Base.metadata.create_all(engine, tables=[Note.__table__])
+    audit.create(engine)
+    engine.dispose()
+    create_deferred_child(postgres_database)
+    try:
+        yield mariadb_database, postgres_database
+    finally:
+        engine = create_engine(mariadb_database, poolclass=NullPool)
+        Base.metadata.drop_all(engine, tables=[Note.__table__])
+        audit.drop(engine)
+        engine.dispose()
+        drop_deferred_child(postgres_database)
+
+
+def make_failing_app(db: DatabaseSessionManager) -> FastAPI:
+    """Each route writes a note (own database), a child the billing bind's COMMIT refuses
+    (or a good one) and an audit row (the audit bind, declared after billing)."""
+    app = FastAPI(lifespan=db.lifespan)
+    on_billing = {"mapper": Invoice.__mapper__}  # raw SQL sent to the billing bind
+
+    def child(good: bool) -> TextClause:
+        return text("INSERT INTO bind_child (parent_id) VALUES (1)") if good else BAD_CHILD
+
+    @app.post("/sync/{how}")
+    def sync_write(how: str, session: Annotated[Session, Depends(db.session)]) -> str:
+        session.add(Note(body="n"))
+        session.execute(child(how == "good"), bind_arguments=on_billing)
+        session.execute(insert(audit).values(id=1))
+        return "ok"
+
+    @app.post("/async/{how}")
+    async def async_write(
+        how: str, session: Annotated[AsyncSession, Depends(db.async_session)]
+    ) -> str:
+        session.add(Note(body="n"))
+        await session.execute(child(how == "good"), bind_arguments=on_billing)
+        await session.execute(insert(audit).values(id=1))
+        return "ok"
+
+    return app
+
+
+@pytest.mark.postgresql
+@pytest.mark.mariadb
+def test_a_bind_failing_after_the_own_database_committed_is_a_partial_commit_error(
+    mariadb_first: tuple[URL, URL], side: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The own database (MariaDB) commits first; the billing bind's COMMIT then fails; the
+    audit bind, declared after it, is rolled back."""
+    own, billing = mariadb_first
+    db = DatabaseSessionManager(own, binds={"billing": billing, "audit": own})
+    with (
+        caplog.at_level(logging.ERROR, logger="fastapi_dbsession"),
+        TestClient(make_failing_app(db)) as client,
+        pytest.raises(PartialCommitError) as caught,
+    ):
+        client.post(f"/{side}/bad")
+    assert caught.value.committed == (db.name,)
+    assert caught.value.failed == "billing"
+    message = str(caught.value)
+    assert (
+        f"the own database {db.name!r} committed, then the commit on bind 'billing' failed"
+        in message
+    )
+    assert "(IntegrityError" in message
+    assert "bind 'audit' rolled back" in message
+    assert any(r.levelno == logging.ERROR and "partial commit" in r.message for r in caplog.records)
+    assert (count(own, "bind_notes"), count(billing, "bind_child"), count(own, "bind_audit")) == (
+        1,
+        0,
+        0,
+    )
+    with TestClient(make_failing_app(db), raise_server_exceptions=False) as client:
+        assert client.post(f"/{side}/bad").status_code == 500  # never a 2xx
+        pool = db.async_engine.pool if side == "async" else db.engine.pool
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert idle_in_transaction(billing) == 0  # the failed bind's connection rolled back
+        assert client.post(f"/{side}/good").status_code == 200  # the session is usable again
+    assert (count(own, "bind_notes"), count(billing, "bind_child"), count(own, "bind_audit")) == (
+        3,
+        1,
+        1,
+    )
+
+
+@pytest.fixture
+def postgres_first(servers: tuple[URL, URL]) -> Iterator[tuple[URL, URL]]:
+    """PostgreSQL as the manager's database, with the deferred child; MariaDB as billing."""
+    create_deferred_child(servers[0])
+    try:
+        yield servers
+    finally:
+        drop_deferred_child(servers[0])
+
+
+@pytest.mark.postgresql
+@pytest.mark.mariadb
+def test_the_own_database_commits_first_so_its_failure_commits_no_bind(
+    postgres_first: tuple[URL, URL], side: str
+) -> None:
+    """SQLAlchemy alone commits a session's connections in no set order: MariaDB's invoice
+    could be committed before PostgreSQL's COMMIT failed. The own database goes first."""
+    own, billing = postgres_first
+    db = DatabaseSessionManager(own, binds={"billing": billing})
+    app = FastAPI(lifespan=db.lifespan)
+
+    @app.post("/sync")
+    def sync_write(session: Annotated[Session, Depends(db.session)]) -> None:
+        session.add_all([Invoice(amount=5), Note(body="n")])
+        session.flush()
+        session.execute(BAD_CHILD)
+
+    @app.post("/async")
+    async def async_write(session: Annotated[AsyncSession, Depends(db.async_session)]) -> None:
+        session.add_all([Invoice(amount=5), Note(body="n")])
+        await session.flush()
+        await session.execute(BAD_CHILD)
+
+    for _ in range(3):  # set order varies from run to run; the defined one does not
+        with TestClient(app) as client, pytest.raises(IntegrityError):  # not a partial commit
+            client.post(f"/{side}")
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.post(f"/{side}").status_code == 500
+    assert (count(own, "bind_notes"), count(billing, "bind_invoices")) == (0, 0)

@@ -180,7 +180,12 @@ def test_sqlite_defaults(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite://", "sqlite:///:memory:", "sqlite:///file:shared_mem?mode=memory&uri=true"],
+    [
+        "sqlite://",
+        "sqlite:///",  # an empty file name: pysqlite opens ":memory:"
+        "sqlite:///:memory:",
+        "sqlite:///file:shared_mem?mode=memory&uri=true",
+    ],
 )
 def test_every_in_memory_sqlite_spelling_is_one_database_for_every_thread(url: str) -> None:
     """Sync endpoints run in a thread pool: each thread must see the same in-memory data."""

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from anyio import CancelScope, to_thread
 from sqlalchemy.util import greenlet_spawn
 
-from . import _urls
 from ._frames import Frame, sync_view
+from ._outcome import partial_commit
 from ._sessions import has_work, is_busy
 from ._units import Flow, async_drive, drive, finish_root
 from .errors import PartialCommitError
@@ -193,11 +193,6 @@ def _partial(
     *,
     twophase: bool,
 ) -> PartialCommitError:
-    def names(arrivals: list[Arrival]) -> str:
-        return ", ".join(repr(a.database) for a in arrivals)
-
-    reason = _urls.mask_text(str(error)).strip().splitlines()
-    after = f" {names(rolled_back)} rolled back." if rolled_back else ""
     if twophase:
         advice = (
             f"Every database was prepared; {failed.database!r}'s prepared transaction may still "
@@ -210,10 +205,10 @@ def _partial(
             "atomic with twophase=True on every manager (PostgreSQL with "
             "max_prepared_transactions > 0)."
         )
-    return PartialCommitError(
-        f"Half of this request's work was committed: {names(committed)} committed, then the "
-        f"commit on {failed.database!r} failed ({type(error).__name__}: "
-        f"{reason[0] if reason else ''}).{after} {advice}",
-        committed=tuple(a.database.config.name for a in committed),
-        failed=failed.database.config.name,
+    return partial_commit(
+        [(a.database.config.name, repr(a.database)) for a in committed],
+        (failed.database.config.name, repr(failed.database)),
+        error,
+        rolled_back=[repr(a.database) for a in rolled_back],
+        advice=advice,
     )

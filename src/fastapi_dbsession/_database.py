@@ -389,7 +389,13 @@ class _OtherEngines:
         self.binds = None
         if config.binds:
             owner = f"DatabaseSessionManager({config.describe()})"
-            self.binds = BindSet(config.binds, functools.partial(create, kind="bind"), owner)
+            self.binds = BindSet(
+                config.binds,
+                functools.partial(create, kind="bind"),
+                owner,
+                name=config.name,
+                twophase=config.twophase,
+            )
         self.routes = bool(self.replicas) or self.binds is not None
         """Whether sessions need a router or a bind look-up (else they route nothing)."""
 

@@ -18,6 +18,12 @@ knows, installed on an engine by :func:`install`:
   again, once. Never after anything was sent, never in autocommit mode (the statement may have
   committed), never with a custom isolation level (the new connection would not carry it).
 
+SQLAlchemy's pool gives a checkout two attempts: when the new connection that replaced a dead
+one is dead as well, the database is ending connections as fast as they are made (killed,
+restarting, failing over), and the checkout raises :class:`DatabaseUnavailableError` (a 503
+with ``Retry-After`` for a request) instead of SQLAlchemy's ``InvalidRequestError("This
+connection is closed")``, which looks like a bug. Nothing was sent.
+
 Some drivers expose their socket only through attributes without a public accessor (asyncpg's
 ``_transport``, PyMySQL's ``_sock``, aiomysql's ``_reader``), and SQLAlchemy has no public way
 to reconnect a checked-out connection in place (``_connection_record``). They are read with
@@ -30,11 +36,15 @@ from __future__ import annotations
 
 import logging
 import select
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
+
+from . import _urls
+from .errors import DatabaseUnavailableError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect, Engine
@@ -65,10 +75,36 @@ def install(engine: Engine) -> None:
         record: ConnectionPoolEntry,
         proxy: PoolProxiedConnection,
     ) -> None:
-        check(dialect, dbapi_connection)
+        try:
+            check(dialect, dbapi_connection)
+        except DisconnectionError as exc:
+            _dead_again(proxy, exc, sync_engine)
+            raise
         record.info[_FIRST] = True
 
     event.listen(sync_engine, "checkout", on_checkout)
+
+
+_met_a_dead_one: weakref.WeakSet[PoolProxiedConnection] = weakref.WeakSet()
+"""Checkouts (the pool's proxy, one per checkout) whose first connection was dead."""
+
+
+def _dead_again(proxy: PoolProxiedConnection, exc: DisconnectionError, engine: Engine) -> None:
+    """Raise ``DatabaseUnavailableError`` if this checkout already met a dead connection.
+
+    The pool's own answer to a second dead connection is ``InvalidRequestError("This
+    connection is closed")``; raising our error instead ends the checkout the same way (the
+    pool discards the connection) but says that the database is dropping connections.
+    """
+    if proxy not in _met_a_dead_one:
+        _met_a_dead_one.add(proxy)
+        return
+    raise DatabaseUnavailableError(
+        f"The database at {_urls.render(engine.url)} is dropping connections (killed, "
+        "restarting, failing over): the connection the pool lent was dead, and so was the new "
+        f"one opened to replace it ({exc}). Nothing of the transaction was sent; the client "
+        "may retry shortly."
+    ) from exc
 
 
 def first_since_checkout(context: ExecutionContext) -> bool:

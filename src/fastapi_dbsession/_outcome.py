@@ -1,23 +1,26 @@
-"""Tell a failed COMMIT whose outcome is unknown (the connection died) from an ordinary one.
+"""Tell what a failed COMMIT left behind: nothing, an unknown outcome, or a partial commit.
 
 A ``COMMIT`` that fails with an error from the server (a deferred constraint, a serialization
 failure) rolled back. One that fails because the connection was lost (SQLAlchemy invalidated
 it, or ``command_timeout`` closed it) may have committed on the server before the answer was
 lost: :func:`unknown_commit_outcome` turns that into :class:`CommitOutcomeUnknownError`,
-logged at ERROR. A ``ROLLBACK`` that fails because the connection was lost needs nothing
-more: the server ends the transaction with its connection (:func:`rollback`).
+logged at ERROR. One that fails after another database of the same request committed is a
+partial commit: :func:`partial_commit` builds its :class:`PartialCommitError`, logged at
+ERROR. A ``ROLLBACK`` that fails because the connection was lost needs nothing more: the
+server ends the transaction with its connection (:func:`rollback`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import SessionTransaction
 
 from ._urls import mask_text
-from .errors import CommandTimeoutError, CommitOutcomeUnknownError
+from .errors import CommandTimeoutError, CommitOutcomeUnknownError, PartialCommitError
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -75,6 +78,39 @@ def commit(target: Session | SessionTransaction) -> None:
         if unknown is None:
             raise
         raise unknown from exc
+
+
+def partial_commit(
+    committed: Sequence[tuple[str, str]],
+    failed: tuple[str, str],
+    error: BaseException,
+    *,
+    rolled_back: Sequence[str],
+    advice: str,
+) -> PartialCommitError:
+    """The error for a commit that failed after other databases committed; logged at ERROR.
+
+    Args:
+        committed: Each committed database's name (``error.committed``) and how to show it.
+        failed: The failed database's name (``error.failed``) and how to show it.
+        error: The failed commit's error (its message is shown with passwords masked).
+        rolled_back: How to show the databases rolled back after the failure.
+        advice: What to do about it.
+    """
+    reason = mask_text(str(error)).strip().splitlines()
+    shown = ", ".join(label for _, label in committed)
+    outcome = ""
+    if connection_lost(error):
+        outcome = f" The connection was lost during that COMMIT: {failed[1]} may have committed."
+    after = f" {', '.join(rolled_back)} rolled back." if rolled_back else ""
+    message = (
+        f"Half of this request's work was committed: {shown} committed, then the commit on "
+        f"{failed[1]} failed ({type(error).__name__}: {reason[0] if reason else ''}).{outcome}"
+        f"{after} {advice}"
+    )
+    logger.error("partial commit: %s", message)
+    names = tuple(name for name, _ in committed)
+    return PartialCommitError(message, committed=names, failed=failed[0])
 
 
 def rollback(target: Session | SessionTransaction) -> None:

@@ -19,7 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import URL, Column, Engine, Integer, MetaData, String, Table, create_engine, text
+from sqlalchemy import (
+    URL,
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    text,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
@@ -208,17 +219,30 @@ class Killer:
         self._thread.join(30)
 
     def _run(self) -> None:
-        listing, kill = _KILL_SQL[self.url.get_backend_name()]
         engine = create_engine(self.url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
         try:
             with engine.connect() as connection:
                 while not self._stop.wait(self.interval):
-                    ended = 0
-                    for victim in connection.scalars(text(listing)).all():
-                        with contextlib.suppress(DBAPIError):  # it ended on its own
-                            connection.execute(text(kill.format(int(victim))))
-                            ended += 1
+                    ended = end_backends(connection)
                     self.kills += ended
                     self.rounds += bool(ended)
         finally:
             engine.dispose()
+
+
+def backends(connection: Connection) -> list[int]:
+    """The ids of every backend of ``connection``'s database but its own."""
+    listing, _ = _KILL_SQL[connection.dialect.name]
+    return [int(victim) for victim in connection.scalars(text(listing)).all()]
+
+
+def end_backends(connection: Connection) -> int:
+    """End every backend of ``connection``'s database but its own (an autocommit
+    connection); return how many were ended."""
+    _, kill = _KILL_SQL[connection.dialect.name]
+    ended = 0
+    for victim in backends(connection):
+        with contextlib.suppress(DBAPIError):  # it ended on its own
+            connection.execute(text(kill.format(victim)))
+            ended += 1
+    return ended
