@@ -12,11 +12,12 @@ import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from sqlalchemy import URL, text
+from sqlalchemy import URL, create_engine, text
 from sqlalchemy.orm import Session
 
 from fastapi_dbsession import (
     CommandTimeoutError,
+    ConfigurationError,
     DatabaseSessionManager,
     DatabaseSettings,
     DatabaseUnavailableError,
@@ -182,3 +183,85 @@ def test_settings_defaults_are_the_managers_defaults() -> None:
             continue
         default = constructor[name].default
         assert value == (list(default) if isinstance(default, tuple) else default), name
+
+
+# -- several databases: DATABASE_TWOPHASE, DATABASE_BINDS ------------------------------------
+
+
+def _bind_manager(source: str, tmp_path: Path) -> DatabaseSessionManager:
+    """The manager ``from_env()`` or ``from_settings()`` builds from the variables set."""
+    if source == "from_env":
+        return DatabaseSessionManager.from_env()
+    return DatabaseSessionManager.from_settings(DatabaseSettings())
+
+
+@pytest.fixture(params=["from_env", "settings"])
+def source(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_binds_variable_routes_a_model_to_its_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    from tests.test_binds import Base, Invoice, Note
+
+    own, billing = tmp_path / "app.db", tmp_path / "billing.db"
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{own}")
+    monkeypatch.setenv("DATABASE_BINDS", f'{{"billing": "sqlite:///{billing}"}}')
+    db = _bind_manager(source, tmp_path)
+    try:
+        Base.metadata.create_all(db.engine, tables=[Note.__table__])
+        with db.transaction() as session:
+            Base.metadata.create_all(session.get_bind(Invoice), tables=[Invoice.__table__])
+        with db.transaction() as session:
+            session.add_all([Note(body="n"), Invoice(amount=5)])
+    finally:
+        db.dispose()
+    for path, table in ((own, "bind_notes"), (billing, "bind_invoices")):
+        engine = create_engine(f"sqlite:///{path}")
+        with engine.connect() as connection:
+            assert connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == 1
+        engine.dispose()
+
+
+def test_twophase_variable_makes_sessions_two_phase(
+    monkeypatch: pytest.MonkeyPatch, source: str, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://app@127.0.0.1:1/app")  # not reached
+    monkeypatch.setenv("DATABASE_TWOPHASE", "true")
+    db = _bind_manager(source, tmp_path)
+    with db.transaction() as session:  # no statement: no connection
+        assert session.twophase is True
+    monkeypatch.setenv("DATABASE_URL", "sqlite://")  # the manager's own check applies
+    with pytest.raises(ConfigurationError, match="twophase=True needs PostgreSQL"):
+        _bind_manager(source, tmp_path)
+
+
+def test_binds_and_twophase_variables_that_do_not_parse_never_show_a_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "sqlite://")
+    secret_url = f"postgresql+psycopg://app:{SENTINEL}@db/billing"
+    cases = {
+        f'{{"billing": "{secret_url}"': "DATABASE_BINDS is not valid JSON",
+        f'["{secret_url}"]': "must be a JSON object of bind keys to URL strings, not an array",
+        f'{{"billing": ["{secret_url}"]}}': "an object with a value that is not a string",
+        f'{{"billing": "nosuch://app:{SENTINEL}@db/x"}}': r"binds\['billing'\]",
+    }
+    for raw, expected in cases.items():
+        monkeypatch.setenv("DATABASE_BINDS", raw)
+        with pytest.raises(ConfigurationError, match=expected) as caught:
+            DatabaseSessionManager.from_env()
+        assert SENTINEL not in str(caught.value), raw
+    monkeypatch.setenv("DATABASE_BINDS", f'["{secret_url}"]')
+    with pytest.raises(ValidationError, match="DATABASE_BINDS") as invalid:
+        DatabaseSettings()
+    assert SENTINEL not in str(invalid.value)
+    monkeypatch.setenv("DATABASE_BINDS", f'{{"billing": "{secret_url}"}}')
+    settings = DatabaseSettings()
+    db = DatabaseSessionManager.from_settings(settings)
+    assert "binds={'billing': 'postgresql+psycopg://app:***@db/billing'}" in repr(db)
+    assert SENTINEL not in repr(db) + repr(settings) + repr(DatabaseSessionManager.from_env())
+    monkeypatch.setenv("DATABASE_TWOPHASE", "maybe")
+    with pytest.raises(ConfigurationError, match="DATABASE_TWOPHASE='maybe' is not a valid flag"):
+        DatabaseSessionManager.from_env()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,14 +45,17 @@ def env_arguments(
     }
     if options:
         arguments["engine_options"] = options
-    if environ.get(prefix + "PGBOUNCER"):
-        try:
-            arguments["pgbouncer"] = parse_bool(environ[prefix + "PGBOUNCER"])
-        except ValueError:
-            raise ConfigurationError(
-                f"Environment variable {prefix}PGBOUNCER={environ[prefix + 'PGBOUNCER']!r} "
-                "is not a valid flag (true/false)."
-            ) from None
+    for suffix, argument in (("PGBOUNCER", "pgbouncer"), ("TWOPHASE", "twophase")):
+        if environ.get(prefix + suffix):
+            try:
+                arguments[argument] = parse_bool(environ[prefix + suffix])
+            except ValueError:
+                raise ConfigurationError(
+                    f"Environment variable {prefix}{suffix}={environ[prefix + suffix]!r} "
+                    "is not a valid flag (true/false)."
+                ) from None
+    if environ.get(prefix + "BINDS"):
+        arguments["binds"] = parse_binds(environ[prefix + "BINDS"], variable=prefix + "BINDS")
     if environ.get(prefix + "COMMIT_POLICY"):
         arguments["commit_policy"] = environ[prefix + "COMMIT_POLICY"]
     arguments.update(overrides)
@@ -65,6 +69,39 @@ def env_arguments(
 
 
 _NUMBERS: dict[str, Callable[[str], int | float]] = {"int": int, "float": float}
+
+
+def parse_binds(raw: str, *, variable: str) -> dict[str, str]:
+    """Read ``binds`` from a JSON object of bind keys to URLs; the value is never shown (its
+    URLs may hold passwords).
+
+    Raises:
+        ConfigurationError: Not a JSON object whose values are strings.
+    """
+    try:
+        binds = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(
+            f"Environment variable {variable} is not valid JSON ({exc.msg} at character "
+            f"{exc.pos}; the value is not shown, it may hold passwords). Give a JSON object of "
+            f'bind keys to URLs: {variable}=\'{{"billing": '
+            '"postgresql+psycopg://app@billing-db/billing"}\'.'
+        ) from None
+    if not isinstance(binds, dict) or not all(isinstance(v, str) for v in binds.values()):
+        raise ConfigurationError(
+            f"Environment variable {variable} must be a JSON object of bind keys to URL "
+            f"strings, not {_json_kind(binds)} (the value is not shown, it may hold "
+            f'passwords): {variable}=\'{{"billing": '
+            '"postgresql+psycopg://app@billing-db/billing"}\'.'
+        )
+    return binds
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "an object with a value that is not a string"
+    kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
 
 
 def parse_bool(raw: str) -> bool:

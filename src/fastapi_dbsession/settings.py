@@ -79,6 +79,12 @@ class DatabaseSettings(BaseSettings):
     pool_saturation_warning: float | None = Field(default=None, gt=0, le=1)
     pgbouncer: bool = False
     """Behind PgBouncer in transaction pooling mode (``DATABASE_PGBOUNCER``)."""
+    twophase: bool = False
+    """Commit a request that wrote to several databases by two-phase commit
+    (``DATABASE_TWOPHASE``; PostgreSQL with ``max_prepared_transactions > 0``)."""
+    binds: dict[str, str] | None = Field(default=None, repr=False)
+    """Bind keys to URLs (``DATABASE_BINDS``, a JSON object: ``{"billing": "postgresql://..."}``);
+    ``password`` is not set into them: each bind URL carries its own credentials."""
     record_queries: bool = False
     """Count and time each request's statements (``DATABASE_RECORD_QUERIES``)."""
     slow_query_threshold: float | None = Field(default=None, gt=0)
@@ -116,6 +122,8 @@ class DatabaseSettings(BaseSettings):
             "startup_timeout": self.startup_timeout,
             "pool_saturation_warning": self.pool_saturation_warning,
             "pgbouncer": self.pgbouncer,
+            "twophase": self.twophase,
+            "binds": self.binds,
             "replica_urls": [self._with_password(url) for url in self.replica_urls],
             "name": self.name,
             "record_queries": self.record_queries,

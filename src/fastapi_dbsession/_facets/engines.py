@@ -32,14 +32,16 @@ class EnginesFacet(Facet):
 
         Reads ``{prefix}`` + ``URL``, ``ASYNC_URL``, ``POOL_SIZE``, ``MAX_OVERFLOW``,
         ``POOL_TIMEOUT``, ``POOL_RECYCLE``, ``POOL_PRE_PING``, ``ECHO``, ``COMMIT_POLICY``,
-        ``PGBOUNCER``.
+        ``PGBOUNCER``, ``TWOPHASE`` (a flag) and ``BINDS`` (a JSON object of bind keys to
+        URLs: ``{"billing": "postgresql+psycopg://app@billing-db/billing"}``).
 
         Args:
             prefix: Prefix of the variable names.
             **overrides: Keyword arguments for the constructor; they win over the environment.
 
         Raises:
-            ConfigurationError: No URL variable is set, or a number or flag does not parse.
+            ConfigurationError: No URL variable is set, or a number, flag or ``BINDS`` does
+                not parse.
 
         Example:
             >>> os.environ["DATABASE_URL"] = "sqlite:///./app.db"
