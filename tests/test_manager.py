@@ -127,6 +127,12 @@ def test_missing_driver_names_what_to_install() -> None:
     assert SENTINEL not in str(caught.value)
 
 
+def test_mysql_connector_names_its_package_not_its_module() -> None:
+    db = DatabaseSessionManager("mysql+mysqlconnector://app@db/app")  # mysql-connector absent
+    with pytest.raises(MissingDriverError, match="pip install mysql-connector-python"):
+        _ = db.engine
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -180,7 +186,12 @@ def test_sqlite_defaults(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite://", "sqlite:///:memory:", "sqlite:///file:shared_mem?mode=memory&uri=true"],
+    [
+        "sqlite://",
+        "sqlite:///",  # an empty file name: pysqlite opens ":memory:"
+        "sqlite:///:memory:",
+        "sqlite:///file:shared_mem?mode=memory&uri=true",
+    ],
 )
 def test_every_in_memory_sqlite_spelling_is_one_database_for_every_thread(url: str) -> None:
     """Sync endpoints run in a thread pool: each thread must see the same in-memory data."""

@@ -121,7 +121,7 @@ SHOWN = [
     # the host part starts after every "/": a password there is masked too
     (f"nosuchdb:////u:{SECRET}", "nosuchdb:////u:***"),
     # a ":" past the host part (in the database name) is no password
-    ("postgresql+nosuch://Xh/app:v2", "postgresql+nosuch://Xh/app:v2"),
+    ("postgresql+nosuch://X/app:v2", "postgresql+nosuch://X/app:v2"),
 ]
 
 

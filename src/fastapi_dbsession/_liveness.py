@@ -4,13 +4,16 @@ SQLAlchemy's ``pool_pre_ping=True`` sends a statement (three round trips on asyn
 the pool lends a connection. This module gets the same safety from what the client already
 knows, installed on an engine by :func:`install`:
 
-- **at checkout**, the driver's own closed state (asyncpg learns of a closed socket through
-  its protocol's ``connection_lost``), then a zero-timeout poll of the idle connection's socket:
-  an idle connection has nothing to say, so a readable socket means EOF, an error or an
-  asynchronous message. Only then is the real ping sent; a closed or failing connection raises
-  ``DisconnectionError``, which makes the pool replace it transparently;
+- **at checkout**, the driver's own closed state, then (psycopg 3, psycopg2, PyMySQL) a
+  zero-timeout poll of the idle connection's socket: an idle connection has nothing to say, so
+  a readable socket means EOF, an error or an asynchronous message. asyncpg and aiomysql need
+  no poll: their idle socket stays registered with the event loop, so what the loop has read
+  is already in the driver's state (asyncpg's ``connection_lost`` closes the connection,
+  aiomysql's stream records EOF or buffers the message). Only when something was seen is the
+  real ping sent; a closed or failing connection raises ``DisconnectionError``, which makes
+  the pool replace it transparently;
 - **at the first statement after checkout**, a disconnect error (the connection died between
-  the check and the statement, or the socket did not show it yet) means nothing of the
+  the check and the statement, or the socket or the loop did not show it yet) means nothing of the
   transaction reached the server: the connection is replaced in place and the statement sent
   again, once. Never after anything was sent, never in autocommit mode (the statement may have
   committed), never with a custom isolation level (the new connection would not carry it).
@@ -177,11 +180,10 @@ def _psycopg2(connection: Any) -> str:
 
 
 def _asyncpg(connection: Any) -> str:
-    if connection.is_closed():
-        return CLOSED
-    transport = getattr(connection, "_transport", None)
-    sock = None if transport is None else transport.get_extra_info("socket")
-    return _socket_state(None if sock is None else sock.fileno())
+    # The idle socket stays registered with the event loop: an EOF or error the loop has seen
+    # has already closed the connection (connection_lost), so no poll. One that arrived after
+    # the loop's last look fails the first statement, which is then re-sent.
+    return CLOSED if connection.is_closed() else IDLE
 
 
 def _pymysql(connection: Any) -> str:
@@ -197,9 +199,7 @@ def _aiomysql(connection: Any) -> str:
     reader = getattr(connection, "_reader", None)
     if reader is None or getattr(reader, "_eof", True) or getattr(reader, "_buffer", b"x"):
         return SUSPECT  # the loop already read EOF or a message into the stream's buffer
-    writer = getattr(connection, "_writer", None)
-    sock = None if writer is None else writer.transport.get_extra_info("socket")
-    return _socket_state(None if sock is None else sock.fileno())
+    return IDLE  # the loop reads the idle socket: what it has not seen yet, the re-send covers
 
 
 def _unknown(connection: Any) -> str:
