@@ -312,7 +312,8 @@ def test_a_bind_failing_after_the_own_database_committed_is_a_partial_commit_err
     """The own database (MariaDB) commits first; the billing bind's COMMIT then fails; the
     audit bind, declared after it, is rolled back."""
     own, billing = mariadb_first
-    db = DatabaseSessionManager(own, binds={"billing": billing, "audit": own})
+    bind = billing.set(drivername="postgresql+asyncpg") if side == "async" else billing
+    db = DatabaseSessionManager(own, binds={"billing": bind, "audit": own})  # async: asyncpg
     with (
         caplog.at_level(logging.ERROR, logger="fastapi_dbsession"),
         TestClient(make_failing_app(db)) as client,
