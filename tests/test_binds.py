@@ -452,3 +452,41 @@ def _refusal(url: URL) -> str:
     except ConfigurationError as exc:
         return str(exc)
     return ""
+
+
+@pytest.mark.postgresql
+@pytest.mark.mariadb
+def test_a_unit_of_work_and_a_manual_commit_keep_the_commit_order(
+    mariadb_first: tuple[URL, URL], side: str
+) -> None:
+    """Not only the request's commit: db.transaction() and the app's own session.commit()."""
+    own, billing = mariadb_first
+    db = DatabaseSessionManager(own, binds={"billing": billing})
+    on_billing = {"mapper": Invoice.__mapper__}
+
+    def sync_unit(manual: bool) -> None:
+        with db.transaction() as session:
+            session.add(Note(body="n"))
+            session.execute(BAD_CHILD, bind_arguments=on_billing)
+            if manual:
+                session.commit()
+
+    async def async_unit(manual: bool) -> None:
+        try:
+            async with db.async_transaction() as session:
+                session.add(Note(body="n"))
+                await session.execute(BAD_CHILD, bind_arguments=on_billing)
+                if manual:
+                    await session.commit()
+        finally:
+            await db.async_dispose()  # this loop's connections, the binds' too
+
+    for manual in (False, True):
+        with pytest.raises(PartialCommitError) as caught:
+            if side == "async":
+                asyncio.run(async_unit(manual))
+            else:
+                sync_unit(manual)
+        assert (caught.value.committed, caught.value.failed) == ((db.name,), "billing")
+    db.dispose()
+    assert (count(own, "bind_notes"), count(billing, "bind_child")) == (2, 0)
