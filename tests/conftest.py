@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,6 +145,26 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             _require_marker(item, _SERVER_FIXTURES[fixture])
 
 
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def _collect_what_a_failed_test_leaked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Collect the garbage of a failed test in its own teardown, after its fixtures'.
+
+    What a failing test leaked (a connection a broken guard left checked out) would otherwise
+    be collected during a later test, failing that one with an unraisable-exception warning.
+    pytest keeps the last failure's traceback (``sys.last_*``, for post-mortem debugging),
+    and with it the test's frames: dropped first, or nothing could be collected.
+    """
+    yield
+    if request.node.stash.get(_FAILED, False):
+        sys.last_type = sys.last_value = sys.last_traceback = None
+        if sys.version_info >= (3, 12):
+            sys.last_exc = None
+        gc.collect()
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
     """No garbage collection while pytest formats a failure.
@@ -155,6 +176,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """
     if call.excinfo is None:
         return (yield)
+    item.stash[_FAILED] = True
     gc.disable()
     try:
         return (yield)

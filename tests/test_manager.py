@@ -127,6 +127,12 @@ def test_missing_driver_names_what_to_install() -> None:
     assert SENTINEL not in str(caught.value)
 
 
+def test_mysql_connector_names_its_package_not_its_module() -> None:
+    db = DatabaseSessionManager("mysql+mysqlconnector://app@db/app")  # mysql-connector absent
+    with pytest.raises(MissingDriverError, match="pip install mysql-connector-python"):
+        _ = db.engine
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -57,6 +57,7 @@ _INSTALL_HINT: dict[str, str] = {
     "MySQLdb": 'pip install mysqlclient (or use "mysql+pymysql://", which '
     "fastapi-dbsession[mysql] installs)",
     "asyncmy": "pip install asyncmy",
+    "mysql": "pip install mysql-connector-python",  # mysql+mysqlconnector's module, mysql.connector
     "aiosqlite": 'pip install "fastapi-dbsession[sqlite]"',
     "greenlet": 'pip install "fastapi-dbsession[asyncio]"',
     "pydantic_settings": 'pip install "fastapi-dbsession[settings]"',
