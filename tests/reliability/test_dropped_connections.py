@@ -5,8 +5,9 @@ new one, and when that one is dead too it raises ``InvalidRequestError("This con
 closed")``, which FastAPI answers with an ordinary 500. In the long audit (backends killed
 every 200 ms) a MariaDB request met exactly that. Here it is made certain: from the moment the
 test arms it, every backend of the test's own database is ended, and every new connection is
-ended as soon as it is open (a pool ``connect`` listener ends it and waits until the server
-no longer lists it, so its socket has the server's close before the checkout looks at it).
+ended as soon as it is open (a pool ``connect`` listener ends it, waits until the server no
+longer lists it, then until the client sees it end: the socket poll of the sync drivers, the
+state the event loop gives asyncpg and aiomysql; so the checkout's own check finds it dead).
 Both checkout attempts then meet a dead connection: the client must get 503 with
 ``Retry-After``, the row must be absent, nothing may stay checked out, and once the database
 stops dropping connections the next request is answered 201.
@@ -29,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from fastapi_dbsession import DatabaseSessionManager, DatabaseUnavailableError
+from fastapi_dbsession import DatabaseSessionManager, DatabaseUnavailableError, _liveness
 from tests.conftest import Backend
 from tests.reliability import audit, figures
 from tests.reliability.servers import uvicorn_server
@@ -54,9 +55,20 @@ class Dropper:
                 assert time.monotonic() < deadline, "the server did not end its backends"
                 time.sleep(0.01)
 
-    def on_connect(self, *_: object) -> None:
-        if self.armed:
-            self.end_all()
+    def on_connect(self, dbapi_connection: object, *_: object) -> None:
+        if not self.armed:
+            return
+        self.end_all()
+        # The client must know it too before the checkout looks: asyncpg and aiomysql learn it
+        # when the event loop reads the socket, so let the loop run (this listener blocks it).
+        run_async = getattr(dbapi_connection, "run_async", None)  # SQLAlchemy's async adapter
+        deadline = time.monotonic() + 10
+        while _liveness.connection_state(dbapi_connection) == _liveness.IDLE:
+            assert time.monotonic() < deadline, "the client never saw its connection end"
+            if run_async is not None:
+                run_async(lambda _: asyncio.sleep(0.01))
+            else:
+                time.sleep(0.01)
 
 
 @pytest.fixture
