@@ -312,7 +312,8 @@ def test_a_bind_failing_after_the_own_database_committed_is_a_partial_commit_err
     """The own database (MariaDB) commits first; the billing bind's COMMIT then fails; the
     audit bind, declared after it, is rolled back."""
     own, billing = mariadb_first
-    db = DatabaseSessionManager(own, binds={"billing": billing, "audit": own})
+    bind = billing.set(drivername="postgresql+asyncpg") if side == "async" else billing
+    db = DatabaseSessionManager(own, binds={"billing": bind, "audit": own})  # async: asyncpg
     with (
         caplog.at_level(logging.ERROR, logger="fastapi_dbsession"),
         TestClient(make_failing_app(db)) as client,
@@ -386,3 +387,106 @@ def test_the_own_database_commits_first_so_its_failure_commits_no_bind(
     with TestClient(app, raise_server_exceptions=False) as client:
         assert client.post(f"/{side}").status_code == 500
     assert (count(own, "bind_notes"), count(billing, "bind_invoices")) == (0, 0)
+
+
+# -- why twophase=True stays refused on MariaDB ---------------------------------------------
+
+
+@pytest.mark.mariadb
+def test_twophase_stays_refused_on_mariadb_a_deadlocked_xa_branch_cannot_roll_back(
+    mariadb_database: URL,
+) -> None:
+    """SQLAlchemy's MySQL dialect runs XA START / END / PREPARE / COMMIT, and the happy path
+    works on MariaDB; but a deadlock leaves the XA branch ROLLBACK ONLY, and the dialect's
+    rollback sends ``XA END`` first, which MariaDB refuses (1399 XAER_RMFAIL): the rollback
+    raises instead of rolling back. When this test fails, SQLAlchemy rolls such a branch back
+    and ``check_twophase`` may let MariaDB in."""
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    refusal = _refusal(mariadb_database)
+    assert "twophase=True needs PostgreSQL" in refusal  # no longer refused: drop this test
+    assert "1399 XAER_RMFAIL" in refusal  # the refusal gives this reason
+    engine = create_engine(mariadb_database)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE xa_rows (id int PRIMARY KEY, v int)"))
+        connection.execute(text("INSERT INTO xa_rows VALUES (1, 0), (2, 0)"))
+    first, second = Session(engine, twophase=True), Session(engine, twophase=True)
+    failed: dict[str, Session] = {}
+    codes: dict[str, int] = {}
+    try:
+        first.execute(text("UPDATE xa_rows SET v = 1 WHERE id = 1"))
+        second.execute(text("UPDATE xa_rows SET v = 2 WHERE id = 2"))
+
+        def cross(name: str, session: Session, row: int) -> None:
+            try:
+                session.execute(text(f"UPDATE xa_rows SET v = 9 WHERE id = {row}"))
+            except OperationalError as exc:
+                codes[name] = exc.orig.args[0]  # type: ignore[union-attr]
+                failed[name] = session
+
+        waiting = threading.Thread(target=cross, args=("second", second, 1))
+        waiting.start()
+        cross("first", first, 2)  # one of the two is chosen as the deadlock's victim
+        waiting.join(timeout=60)
+        (victim,) = failed.values()
+        assert list(codes.values()) == [1213]  # the deadlock
+        with pytest.raises(OperationalError, match="1399.*XAER_RMFAIL"):
+            victim.rollback()  # XA END refused: XA ROLLBACK is never sent
+    finally:
+        for session in (first, second):
+            if session not in failed.values():
+                session.rollback()
+            session.close()  # the victim's connection is discarded: the server rolls it back
+        with engine.begin() as connection:
+            assert connection.execute(text("XA RECOVER")).all() == []
+            connection.execute(text("DROP TABLE xa_rows"))
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        engine.dispose()
+
+
+def _refusal(url: URL) -> str:
+    try:
+        DatabaseSessionManager(url, twophase=True)
+    except ConfigurationError as exc:
+        return str(exc)
+    return ""
+
+
+@pytest.mark.postgresql
+@pytest.mark.mariadb
+def test_a_unit_of_work_and_a_manual_commit_keep_the_commit_order(
+    mariadb_first: tuple[URL, URL], side: str
+) -> None:
+    """Not only the request's commit: db.transaction() and the app's own session.commit()."""
+    own, billing = mariadb_first
+    db = DatabaseSessionManager(own, binds={"billing": billing})
+    on_billing = {"mapper": Invoice.__mapper__}
+
+    def sync_unit(manual: bool) -> None:
+        with db.transaction() as session:
+            session.add(Note(body="n"))
+            session.execute(BAD_CHILD, bind_arguments=on_billing)
+            if manual:
+                session.commit()
+
+    async def async_unit(manual: bool) -> None:
+        try:
+            async with db.async_transaction() as session:
+                session.add(Note(body="n"))
+                await session.execute(BAD_CHILD, bind_arguments=on_billing)
+                if manual:
+                    await session.commit()
+        finally:
+            await db.async_dispose()  # this loop's connections, the binds' too
+
+    for manual in (False, True):
+        with pytest.raises(PartialCommitError) as caught:
+            if side == "async":
+                asyncio.run(async_unit(manual))
+            else:
+                sync_unit(manual)
+        assert (caught.value.committed, caught.value.failed) == ((db.name,), "billing")
+    db.dispose()
+    assert (count(own, "bind_notes"), count(billing, "bind_child")) == (2, 0)

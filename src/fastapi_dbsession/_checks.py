@@ -275,8 +275,9 @@ def session_twophase(options: Mapping[str, Any], backend: str | None, *, argumen
     """Refuse ``twophase=True`` in session options on a backend without two-phase commit.
 
     Raises:
-        ConfigurationError: SQLite or MariaDB/MySQL (SQLAlchemy's ``NotImplementedError`` at
-            the first commit otherwise).
+        ConfigurationError: SQLite (SQLAlchemy's ``NotImplementedError`` at the first commit
+            otherwise) or MariaDB/MySQL (XA: a deadlocked branch cannot be rolled back by
+            SQLAlchemy's dialect; see ``check_twophase``).
     """
     if options.get("twophase") is True and backend not in ("postgresql", None):
         raise ConfigurationError(

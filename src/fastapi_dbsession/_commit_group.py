@@ -33,7 +33,7 @@ from .errors import PartialCommitError
 if TYPE_CHECKING:
     from ._database import Database
 
-_GROUP_KEYS = {
+GROUP_KEYS = {  # ASGI scope: the first request session's frame, or the CommitGroup of several
     False: "fastapi_dbsession.commit_group.sync",
     True: "fastapi_dbsession.commit_group.async",
 }
@@ -67,25 +67,19 @@ async def finish(frame: Frame, commit: bool, *, is_async: bool) -> None:
 
 
 def join(scope: MutableMapping[str, Any], frame: Frame, *, is_async: bool) -> None:
-    """Record a request session opened on one side, in the ASGI scope.
+    """Record a second (third, ...) request session opened on one side, in the ASGI scope.
 
-    The first one is kept as it is (its frame): a request with one manager's session builds no
-    group. A second one turns the entry into a :class:`CommitGroup` of both.
+    The first one's frame is what ``scope[GROUP_KEYS[is_async]]`` holds (the caller sets it
+    with ``setdefault``): a request with one manager's session builds no group. A second one
+    turns the entry into a :class:`CommitGroup` of both; a value of another type there means
+    one session ends alone.
     """
-    key = _GROUP_KEYS[is_async]
-    held = scope.setdefault(key, frame)
-    if held is frame:
-        return
+    key = GROUP_KEYS[is_async]
+    held = scope[key]
     if type(held) is CommitGroup:
         held.join(frame)
     else:
         scope[key] = CommitGroup([held, frame])
-
-
-def shared_group(scope: MutableMapping[str, Any], *, is_async: bool) -> CommitGroup | None:
-    """The request's group of request sessions on one side, if it has several (else None)."""
-    held = scope.get(_GROUP_KEYS[is_async])
-    return held if type(held) is CommitGroup else None
 
 
 @dataclass(eq=False, slots=True)

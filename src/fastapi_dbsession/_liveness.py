@@ -54,7 +54,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IDLE, SUSPECT, CLOSED = "idle", "suspect", "closed"
-_FIRST = "fastapi_dbsession.first_statement"  # connection info: nothing sent since checkout
+FIRST = "fastapi_dbsession.first_statement"
+"""Connection info key: True while nothing was sent since checkout (``_roundtrips`` reads it)."""
 _POLL = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
@@ -63,7 +64,7 @@ def install(engine: Engine) -> None:
 
     The checkout check is a pool ``checkout`` listener. The first-statement re-send is part of
     the one wrapper ``_roundtrips`` puts around the dialect's ``do_execute`` methods (with
-    :func:`first_since_checkout` and :func:`replacement_cursor`), not a dialect event
+    the :data:`FIRST` mark and :func:`replacement_cursor`), not a dialect event
     listener: any of those makes SQLAlchemy dispatch dialect events on every statement
     (``do_setinputsizes`` included), which costs more than the check itself.
     """
@@ -75,12 +76,13 @@ def install(engine: Engine) -> None:
         record: ConnectionPoolEntry,
         proxy: PoolProxiedConnection,
     ) -> None:
-        try:
-            check(dialect, dbapi_connection)
-        except DisconnectionError as exc:
-            _dead_again(proxy, exc, sync_engine)
-            raise
-        record.info[_FIRST] = True
+        if connection_state(dbapi_connection) is not IDLE:  # the common case: two calls
+            try:
+                check(dialect, dbapi_connection)
+            except DisconnectionError as exc:
+                _dead_again(proxy, exc, sync_engine)
+                raise
+        record.info[FIRST] = True
 
     event.listen(sync_engine, "checkout", on_checkout)
 
@@ -107,18 +109,6 @@ def _dead_again(proxy: PoolProxiedConnection, exc: DisconnectionError, engine: E
     ) from exc
 
 
-def first_since_checkout(context: ExecutionContext) -> bool:
-    """Whether this is the connection's first statement since checkout (clearing the mark)."""
-    try:
-        info = context.root_connection.connection.info
-    except NotImplementedError:  # SQLAlchemy's own first-connect queries, before any checkout
-        return False
-    if not info.get(_FIRST):
-        return False
-    info[_FIRST] = False
-    return True
-
-
 def check(dialect: Dialect, dbapi_connection: DBAPIConnection) -> None:
     """Raise ``DisconnectionError`` for a connection that is closed or fails its ping.
 
@@ -139,20 +129,24 @@ def check(dialect: Dialect, dbapi_connection: DBAPIConnection) -> None:
 
 def connection_state(dbapi_connection: object) -> str:
     """``IDLE``, ``SUSPECT`` (something arrived, or we cannot tell: ping it) or ``CLOSED``."""
-    driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
-    probe = _probe_for(type(driver))
+    entry = _probes.get(type(dbapi_connection))
+    if entry is None:
+        entry = _probes[type(dbapi_connection)] = _probe_for(dbapi_connection)
+    probe, adapted = entry
+    driver: Any = dbapi_connection
     try:
-        return probe(driver)
+        return probe(driver.driver_connection if adapted else driver)
     except Exception:  # a driver state we do not know: let the real ping decide
         return SUSPECT
 
 
-def _probe_for(kind: type) -> Callable[[Any], str]:
-    probe = _probes.get(kind)
-    if probe is None:
-        probe = _PROBES_BY_PACKAGE.get(kind.__module__.partition(".")[0], _unknown)
-        _probes[kind] = probe
-    return probe
+def _probe_for(dbapi_connection: object) -> tuple[Callable[[Any], str], bool]:
+    """The probe of a DBAPI connection's type, and whether it is SQLAlchemy's adapter of an
+    asyncio driver's connection (``driver_connection``), looked up once per type."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    adapted = driver is not None and driver is not dbapi_connection
+    kind = type(driver if adapted else dbapi_connection)
+    return _PROBES_BY_PACKAGE.get(kind.__module__.partition(".")[0], _unknown), adapted
 
 
 def _readable(fd: int) -> bool:
@@ -213,7 +207,7 @@ _PROBES_BY_PACKAGE: dict[str, Callable[[Any], str]] = {
     "pymysql": _pymysql,
     "aiomysql": _aiomysql,
 }
-_probes: dict[type, Callable[[Any], str]] = {}
+_probes: dict[type, tuple[Callable[[Any], str], bool]] = {}
 
 
 def replacement_cursor(

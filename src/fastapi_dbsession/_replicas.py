@@ -344,10 +344,17 @@ def check_twophase(twophase: object, urls: Sequence[URL | None]) -> bool:
         raise ConfigurationError(f"twophase must be True or False, not {twophase!r}.")
     for url in urls:
         if url is not None and url.get_backend_name() != "postgresql":
+            why = ""
+            if url.get_backend_name() in ("mysql", "mariadb"):
+                why = (
+                    " MariaDB/MySQL XA is left out: after a deadlock the XA branch is ROLLBACK "
+                    "ONLY and SQLAlchemy's rollback of it fails (XA END: 1399 XAER_RMFAIL) "
+                    "instead of rolling back (docs: Scaling out, Two-phase commit)."
+                )
             raise ConfigurationError(
                 f"twophase=True needs PostgreSQL (PREPARE TRANSACTION), not "
                 f"{url.get_backend_name()} "
                 f"({_urls.render(url)}): leave it off; a request that writes to several "
-                "databases then commits them one after another and reports a partial commit."
+                f"databases then commits them one after another and reports a partial commit.{why}"
             )
     return True

@@ -93,11 +93,18 @@ def _wrap(
         time.monotonic,
         time.perf_counter,
     )
-    of_context = _deadlines.of_context
+    of_context, first_mark = _deadlines.of_context, _liveness.FIRST
 
     def statement(*args: Any) -> object:  # (cursor, statement[, parameters], context)
         context: Any = args[-1] if len(args) > 2 else None
-        first = resend and context is not None and _liveness.first_since_checkout(context)
+        first = False
+        if resend and context is not None:  # the first statement since checkout? (inline)
+            try:
+                info = context.root_connection.connection.info
+            except NotImplementedError:  # SQLAlchemy's own first-connect queries: no checkout
+                info = None
+            if info is not None and info.get(first_mark):
+                info[first_mark], first = False, True
         started = clock() if recorders else 0.0
         token = 0
         while True:  # the arm / disarm of _deadlines._guarded, inlined: no call level of its own

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
 from ._capacity import CapacityGate
-from ._commit_group import Arrival, finish, join, shared_group
+from ._commit_group import GROUP_KEYS, Arrival, CommitGroup, finish, join
 from ._database import Database
 from ._endpoints import EndpointGuard, register
 from ._frames import Frame, Root, frames_of
@@ -185,10 +185,8 @@ def _route_rule(connection: HTTPConnection, database: Database) -> _RouteRule:
     return rule
 
 
-def _status(connection: HTTPConnection, response: Response) -> int | None:
-    """The status set on the injected ``Response``, else the route's declared one."""
-    if response.status_code is not None:
-        return response.status_code
+def _declared_status(connection: HTTPConnection) -> int | None:
+    """The route's declared status code (when the injected ``Response`` has none)."""
     declared = getattr(connection.scope.get("route"), "status_code", None)
     return declared if isinstance(declared, int) else None
 
@@ -282,7 +280,8 @@ class _RequestUnit:
         token = None
         if not self.is_read:  # a read session never commits: it ends on its own
             token = self.frames.set(frame)
-            join(connection.scope, frame, is_async=self.is_async)
+            if connection.scope.setdefault(GROUP_KEYS[self.is_async], frame) is not frame:
+                join(connection.scope, frame, is_async=self.is_async)  # a second database
         recording = None
         if database.watchers.recorder is not None:
             recording = database.watchers.recorder.start(_label(connection), connection.scope)
@@ -314,13 +313,15 @@ class _RequestUnit:
                 be reached (a failover, a restart): rolled back, the client gets a 503.
         """
         _, frame, token, gate, recording = opened
-        group = None if self.is_read else shared_group(connection.scope, is_async=self.is_async)
+        group = None if self.is_read else connection.scope.get(GROUP_KEYS[self.is_async])
+        if type(group) is not CommitGroup:
+            group = None  # this request's only session on this side: it ends alone
         released = False
         try:
             policy, statuses = _route_rule(connection, self.database)
-            if self.is_read:
-                policy = "read_only"
-            status = _status(connection, response)
+            policy = "read_only" if self.is_read else policy
+            status = response.status_code  # set on the injected Response, else the route's
+            status = _declared_status(connection) if status is None else status
             commit = error is None and should_commit(policy, None, status, statuses)
             if group is not None:  # several databases: end them together
                 release = functools.partial(self._release, gate, recording)
@@ -334,8 +335,11 @@ class _RequestUnit:
         finally:
             if token is not None:
                 self.frames.reset(token)
-            if not released and (gate is not None or recording is not None):
-                self._release(gate, recording)
+            if not released:  # (self._release, inline: the hot path)
+                if gate is not None:
+                    gate.release()
+                if recording is not None:
+                    self._release(None, recording)
         if error is not None:
             replacement = _as_response(self.database, error, is_async=self.is_async)
             if replacement is not error:

@@ -6,8 +6,8 @@ closed")``, which FastAPI answers with an ordinary 500. In the long audit (backe
 every 200 ms) a MariaDB request met exactly that. Here it is made certain: from the moment the
 test arms it, every backend of the test's own database is ended, and every new connection is
 ended as soon as it is open (a pool ``connect`` listener ends it, waits until the server no
-longer lists it, then until the client sees it end: the socket poll of the sync drivers, the
-state the event loop gives asyncpg and aiomysql; so the checkout's own check finds it dead).
+longer lists it, then, for asyncpg and aiomysql, until the event loop has told the driver;
+so the checkout's own check finds it dead).
 Both checkout attempts then meet a dead connection: the client must get 503 with
 ``Retry-After``, the row must be absent, nothing may stay checked out, and once the database
 stops dropping connections the next request is answered 201.
@@ -21,6 +21,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -30,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from fastapi_dbsession import DatabaseSessionManager, DatabaseUnavailableError, _liveness
+from fastapi_dbsession import DatabaseSessionManager, DatabaseUnavailableError
 from tests.conftest import Backend
 from tests.reliability import audit, figures
 from tests.reliability.servers import uvicorn_server
@@ -59,16 +60,24 @@ class Dropper:
         if not self.armed:
             return
         self.end_all()
-        # The client must know it too before the checkout looks: asyncpg and aiomysql learn it
-        # when the event loop reads the socket, so let the loop run (this listener blocks it).
+        # The client must know it too before the checkout looks. A sync driver's socket holds
+        # the server's close already; asyncpg and aiomysql learn it when the event loop reads
+        # their socket, so let the loop run (this listener blocks it) until the driver says so.
         run_async = getattr(dbapi_connection, "run_async", None)  # SQLAlchemy's async adapter
+        if run_async is None:
+            return
+        driver: Any = getattr(dbapi_connection, "driver_connection", None)
         deadline = time.monotonic() + 10
-        while _liveness.connection_state(dbapi_connection) == _liveness.IDLE:
+        while not _driver_saw_the_end(driver):
             assert time.monotonic() < deadline, "the client never saw its connection end"
-            if run_async is not None:
-                run_async(lambda _: asyncio.sleep(0.01))
-            else:
-                time.sleep(0.01)
+            run_async(lambda _: asyncio.sleep(0.01))
+
+
+def _driver_saw_the_end(driver: Any) -> bool:
+    if hasattr(driver, "is_closed"):  # asyncpg: connection_lost closed it
+        return bool(driver.is_closed())
+    reader = getattr(driver, "_reader", None)  # aiomysql's stream: no public accessor
+    return reader is None or bool(reader.at_eof())
 
 
 @pytest.fixture
