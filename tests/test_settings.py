@@ -121,14 +121,20 @@ except fastapi_dbsession.MissingDriverError as exc:
     assert 'pip install "fastapi-dbsession[settings]"' in result.stdout
 
 
-def test_observability_and_replica_variables_reach_the_manager(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def _primary_and_replica(tmp_path: Path) -> tuple[Path, Path]:
+    """Two SQLite files whose table ``origin`` says which one answered."""
     primary, replica = tmp_path / "primary.db", tmp_path / "replica.db"
     for path, where in ((primary, "primary"), (replica, "replica")):
         with DatabaseSessionManager(f"sqlite:///{path}").transaction() as session:
             session.execute(text("CREATE TABLE origin (name TEXT)"))
             session.execute(text("INSERT INTO origin VALUES (:where)"), {"where": where})
+    return primary, replica
+
+
+def test_observability_and_replica_variables_reach_the_manager(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    primary, replica = _primary_and_replica(tmp_path)
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{primary}")
     monkeypatch.setenv("DATABASE_REPLICA_URLS", f'["sqlite:///{replica}"]')
     monkeypatch.setenv("DATABASE_NAME", "orders")
@@ -183,6 +189,33 @@ def test_settings_defaults_are_the_managers_defaults() -> None:
             continue
         default = constructor[name].default
         assert value == (list(default) if isinstance(default, tuple) else default), name
+
+
+def test_from_env_reads_replica_urls_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    primary, replica = _primary_and_replica(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{primary}")
+    monkeypatch.setenv("DATABASE_REPLICA_URLS", f'["sqlite:///{replica}"]')
+    db = DatabaseSessionManager.from_env()
+    try:
+        with db.transaction(read_only=True) as session:
+            assert session.execute(text("SELECT name FROM origin")).scalar_one() == "replica"
+        with db.transaction() as session:
+            assert session.execute(text("SELECT name FROM origin")).scalar_one() == "primary"
+    finally:
+        db.dispose()
+
+    secret_url = f"postgresql+psycopg://app:{SENTINEL}@replica/app"
+    cases = {
+        f'["{secret_url}"': "DATABASE_REPLICA_URLS is not valid JSON",
+        f'{{"r": "{secret_url}"}}': "must be a JSON array of URL strings, not an object",
+        f'["{secret_url}", 5]': "not an array with an item that is not a string",
+        f'"{secret_url}"': "not a string",
+    }
+    for raw, expected in cases.items():
+        monkeypatch.setenv("DATABASE_REPLICA_URLS", raw)
+        with pytest.raises(ConfigurationError, match=expected) as caught:
+            DatabaseSessionManager.from_env()
+        assert SENTINEL not in str(caught.value), raw
 
 
 # -- several databases: DATABASE_TWOPHASE, DATABASE_BINDS ------------------------------------

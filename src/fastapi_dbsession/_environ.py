@@ -56,6 +56,9 @@ def env_arguments(
                 ) from None
     if environ.get(prefix + "BINDS"):
         arguments["binds"] = parse_binds(environ[prefix + "BINDS"], variable=prefix + "BINDS")
+    if environ.get(prefix + "REPLICA_URLS"):
+        variable = prefix + "REPLICA_URLS"
+        arguments["replica_urls"] = parse_replica_urls(environ[variable], variable=variable)
     if environ.get(prefix + "COMMIT_POLICY"):
         arguments["commit_policy"] = environ[prefix + "COMMIT_POLICY"]
     arguments.update(overrides)
@@ -78,23 +81,47 @@ def parse_binds(raw: str, *, variable: str) -> dict[str, str]:
     Raises:
         ConfigurationError: Not a JSON object whose values are strings.
     """
-    try:
-        binds = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ConfigurationError(
-            f"Environment variable {variable} is not valid JSON ({exc.msg} at character "
-            f"{exc.pos}; the value is not shown, it may hold passwords). Give a JSON object of "
-            f'bind keys to URLs: {variable}=\'{{"billing": '
-            '"postgresql+psycopg://app@billing-db/billing"}\'.'
-        ) from None
+    example = f'{variable}=\'{{"billing": "postgresql+psycopg://app@billing-db/billing"}}\''
+    binds = _parse_json(raw, variable, example)
     if not isinstance(binds, dict) or not all(isinstance(v, str) for v in binds.values()):
         raise ConfigurationError(
             f"Environment variable {variable} must be a JSON object of bind keys to URL "
             f"strings, not {_json_kind(binds)} (the value is not shown, it may hold "
-            f'passwords): {variable}=\'{{"billing": '
-            '"postgresql+psycopg://app@billing-db/billing"}\'.'
+            f"passwords): {example}."
         )
     return binds
+
+
+def parse_replica_urls(raw: str, *, variable: str) -> list[str]:
+    """Read ``replica_urls`` from a JSON array of URLs; the value is never shown (its URLs may
+    hold passwords).
+
+    Raises:
+        ConfigurationError: Not a JSON array of strings.
+    """
+    example = f"{variable}='[\"postgresql+psycopg://app@replica-1/app\"]'"
+    urls = _parse_json(raw, variable, example)
+    if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
+        if isinstance(urls, list):
+            kind = "an array with an item that is not a string"
+        else:
+            kind = "an object" if isinstance(urls, dict) else _json_kind(urls)
+        raise ConfigurationError(
+            f"Environment variable {variable} must be a JSON array of URL strings, not {kind} "
+            f"(the value is not shown, it may hold passwords): {example}."
+        )
+    return urls
+
+
+def _parse_json(raw: str, variable: str, example: str) -> object:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(
+            f"Environment variable {variable} is not valid JSON ({exc.msg} at character "
+            f"{exc.pos}; the value is not shown, it may hold passwords). Give it as JSON: "
+            f"{example}."
+        ) from None
 
 
 def _json_kind(value: object) -> str:

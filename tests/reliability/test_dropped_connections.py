@@ -5,8 +5,9 @@ new one, and when that one is dead too it raises ``InvalidRequestError("This con
 closed")``, which FastAPI answers with an ordinary 500. In the long audit (backends killed
 every 200 ms) a MariaDB request met exactly that. Here it is made certain: from the moment the
 test arms it, every backend of the test's own database is ended, and every new connection is
-ended as soon as it is open (a pool ``connect`` listener ends it and waits until the server
-no longer lists it, so its socket has the server's close before the checkout looks at it).
+ended as soon as it is open (a pool ``connect`` listener ends it, waits until the server no
+longer lists it, then, for asyncpg and aiomysql, until the event loop has told the driver;
+so the checkout's own check finds it dead).
 Both checkout attempts then meet a dead connection: the client must get 503 with
 ``Retry-After``, the row must be absent, nothing may stay checked out, and once the database
 stops dropping connections the next request is answered 201.
@@ -20,6 +21,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -54,9 +56,28 @@ class Dropper:
                 assert time.monotonic() < deadline, "the server did not end its backends"
                 time.sleep(0.01)
 
-    def on_connect(self, *_: object) -> None:
-        if self.armed:
-            self.end_all()
+    def on_connect(self, dbapi_connection: object, *_: object) -> None:
+        if not self.armed:
+            return
+        self.end_all()
+        # The client must know it too before the checkout looks. A sync driver's socket holds
+        # the server's close already; asyncpg and aiomysql learn it when the event loop reads
+        # their socket, so let the loop run (this listener blocks it) until the driver says so.
+        run_async = getattr(dbapi_connection, "run_async", None)  # SQLAlchemy's async adapter
+        if run_async is None:
+            return
+        driver: Any = getattr(dbapi_connection, "driver_connection", None)
+        deadline = time.monotonic() + 10
+        while not _driver_saw_the_end(driver):
+            assert time.monotonic() < deadline, "the client never saw its connection end"
+            run_async(lambda _: asyncio.sleep(0.01))
+
+
+def _driver_saw_the_end(driver: Any) -> bool:
+    if hasattr(driver, "is_closed"):  # asyncpg: connection_lost closed it
+        return bool(driver.is_closed())
+    reader = getattr(driver, "_reader", None)  # aiomysql's stream: no public accessor
+    return reader is None or bool(reader.at_eof())
 
 
 @pytest.fixture
