@@ -490,3 +490,35 @@ def test_a_unit_of_work_and_a_manual_commit_keep_the_commit_order(
         assert (caught.value.committed, caught.value.failed) == ((db.name,), "billing")
     db.dispose()
     assert (count(own, "bind_notes"), count(billing, "bind_child")) == (2, 0)
+
+
+def test_without_binds_or_replicas_no_routing_runs_per_statement(tmp_path: Path) -> None:
+    """Issue 14: routing left unconfigured costs nothing. A manager without ``binds`` or
+    ``replica_urls`` hands out sessions that bind as SQLAlchemy's own ``Session`` does (no
+    ``get_bind`` of ours runs per statement); one with ``binds`` routes, sync and async."""
+    plain = DatabaseSessionManager(f"sqlite:///{tmp_path / 'plain.db'}")
+    routed = DatabaseSessionManager(
+        f"sqlite:///{tmp_path / 'own.db'}", binds={"billing": f"sqlite:///{tmp_path / 'b.db'}"}
+    )
+
+    async def async_get_binds() -> tuple[object, object]:
+        async with plain.async_transaction() as session:
+            plain_bind = type(session.sync_session).get_bind
+        async with routed.async_transaction() as session:
+            routed_bind = type(session.sync_session).get_bind
+        await plain.async_dispose()
+        await routed.async_dispose()
+        return plain_bind, routed_bind
+
+    try:
+        with plain.transaction() as session:
+            assert type(session).get_bind is Session.get_bind
+            assert session.execute(text("SELECT 1")).scalar_one() == 1
+        with routed.transaction() as session:
+            assert type(session).get_bind is not Session.get_bind
+        plain_async, routed_async = asyncio.run(async_get_binds())
+        assert plain_async is Session.get_bind
+        assert routed_async is not Session.get_bind
+    finally:
+        plain.dispose()
+        routed.dispose()
