@@ -436,7 +436,9 @@ def _create_other(
         options, side = config.async_engine_options, "async"
     else:
         factory, options, side = sqlalchemy.create_engine, config.engine_options, "sync"
-    engine = _engines.create(factory, url, options, side=side, pgbouncer=config.pgbouncer)
+    engine = _engines.create(
+        factory, url, options, side=side, pgbouncer=config.pgbouncer, timeouts=config.timeouts
+    )
     sync_engine: Engine = getattr(engine, "sync_engine", engine)
     engine_created(sync_engine, side=f"{side} {kind}")
     return sync_engine

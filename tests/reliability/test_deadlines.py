@@ -90,6 +90,40 @@ async def test_no_answer_raises_within_the_deadline(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("engine_kind", ["replica", "bind"])
+async def test_replica_and_bind_engines_get_the_deadline_too(
+    server_backend: Backend, *, side: str, engine_kind: str, anyio_backend: str
+) -> None:
+    """A read-only unit on a replica, a bound model's statement on its bind: same deadline."""
+    from tests.test_binds import Invoice  # a model whose __bind_key__ is "billing"
+
+    url = server_backend.url if side == "sync" else server_backend.async_url
+    other = {"replica_urls": [url]} if engine_kind == "replica" else {"binds": {"billing": url}}
+    sides = {"url": url} if side == "sync" else {"async_url": url}
+    db = DatabaseSessionManager(**sides, command_timeout=DEADLINE, **other)  # type: ignore[arg-type]
+    statement = text(_sleep_sql(server_backend))
+    bind_arguments = {"mapper": Invoice} if engine_kind == "bind" else None
+    started = time.monotonic()
+    try:
+        with pytest.raises(CommandTimeoutError, match="command_timeout=1 seconds"):
+            if side == "sync":
+
+                def unit() -> None:
+                    with db.transaction(read_only=engine_kind == "replica") as session:
+                        session.execute(statement, bind_arguments=bind_arguments)
+
+                await anyio.to_thread.run_sync(unit)
+            else:
+                async with db.async_transaction(read_only=engine_kind == "replica") as session:
+                    await session.execute(statement, bind_arguments=bind_arguments)
+        assert time.monotonic() - started < DEADLINE + 1
+    finally:
+        db.dispose()
+        await db.async_dispose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.postgresql
 async def test_asyncpg_gets_the_deadline_too(
     request: pytest.FixtureRequest, anyio_backend: str
