@@ -169,10 +169,14 @@ def admin(server_backend: Backend) -> Iterator[Callable[[str], int]]:
     ``"idle in transaction"``."""
     engine = create_engine(server_backend.url, poolclass=NullPool)
     queries = _COUNTS[engine.dialect.name]
+    since: dict[str, object] = {}
+    if engine.dialect.name == "postgresql":  # count this test's backends only, not earlier ones
+        with engine.connect() as connection:
+            since["since"] = connection.scalar(text("SELECT clock_timestamp()"))
 
     def scalar(what: str) -> int:
         with engine.connect() as connection:
-            return int(connection.scalar(text(queries[what])))
+            return int(connection.scalar(text(queries[what]), since))
 
     yield scalar
     engine.dispose()
@@ -180,7 +184,9 @@ def admin(server_backend: Backend) -> Iterator[Callable[[str], int]]:
 
 _PG_BACKENDS = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-    "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    "AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+    "AND backend_start >= :since"  # the test's own pool (its manager is new): not what an
+    # earlier test of the session left behind in the same database
 )
 _MARIADB_TRANSACTIONS = (  # InnoDB lists a transaction once it touched a table: ours insert first
     "SELECT count(*) FROM information_schema.INNODB_TRX AS t "
