@@ -84,5 +84,8 @@ log "pytest (oldest versions): the core suite"
 # The fault-injection suite and the topology tests (own clusters, PgBouncer) run once, with the
 # newest versions: they prove the library's handling of servers and networks, which the
 # FastAPI / SQLAlchemy floors do not change, and together they would take the CI run past its
-# 25-minute budget on a 2-core machine. Everything else runs against the floors too.
-run_pytest .venv-oldest/bin/python -m pytest -q -m "not reliability and not topology" "$@"
+# 25-minute budget on a 2-core machine. So does the benchmark smoke test (it checks that
+# benchmarks/ still runs, not the library against the floors). Everything else runs against
+# the floors too.
+run_pytest .venv-oldest/bin/python -m pytest -q -m "not reliability and not topology" \
+  --ignore=tests/test_benchmarks_smoke.py "$@"

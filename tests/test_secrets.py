@@ -12,7 +12,7 @@ import asyncio
 import logging
 import traceback
 from pathlib import Path
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, unquote
 
 import pytest
 from fastapi import Depends, FastAPI
@@ -455,7 +455,8 @@ def test_the_hint_looks_at_the_host_part_only(url: str, hint: str) -> None:
 def test_unusual_but_meant_urls_are_accepted(url: str, database: str) -> None:
     db = DatabaseSessionManager(url)
     assert db.url is not None
-    assert db.url.database == database
+    assert db.url.database == make_url(url).database  # ours is SQLAlchemy's reading of it
+    assert unquote(db.url.database or "") == database  # (2.0.30 keeps "%40", newer decodes it)
 
 
 def test_a_sqlite_file_name_may_hold_several_at_signs(tmp_path: Path) -> None:
