@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 from anyio import CancelScope, to_thread
 from sqlalchemy.util import greenlet_spawn
 
-from ._frames import Frame, sync_view
-from ._outcome import partial_commit
+from ._frames import Frame, Root, sync_view
+from ._outcome import commit, partial_commit, rollback
 from ._sessions import has_work, is_busy
-from ._units import Flow, async_drive, drive, finish_root
+from ._units import Flow, async_drive, drive, finish_root, finish_session
 from .errors import PartialCommitError
 
 if TYPE_CHECKING:
@@ -52,10 +52,59 @@ def _needs_io(frame: Frame) -> bool:
     )
 
 
+def is_plain(root: Root, frame: Frame) -> bool:
+    """Whether ending ``root`` is only commit-or-roll-back and close: no hooks, not doomed, no
+    reset statement (the request session's usual case, which :func:`end_plainly` ends)."""
+    return not (frame.on_commit or frame.on_rollback or frame.doomed or root.reset_sql)
+
+
+def end_plainly(root: Root, commit_it: bool) -> None:
+    """``_units.finish_root``'s steps for a root that :func:`is_plain`, as plain calls.
+
+    The same decisions without a generator and its driver (the hot path of every request):
+    commit when asked and not read-only (COMMIT only when there is something to end), else
+    roll back what is open; on failure roll back; close the session in every case. Sync, or
+    inside the caller's greenlet for an ``AsyncSession`` (which must not be busy).
+    """
+    session = sync_view(root.session)
+    root.ended = True
+    try:
+        if commit_it and not root.read_only:
+            if has_work(session):
+                commit(session)
+        elif session.in_transaction():
+            rollback(session)
+    except BaseException:
+        try:
+            if session.in_transaction():
+                rollback(session)
+        finally:
+            if root.owns_session:
+                finish_session(root.session, root.is_request)
+        raise
+    if root.owns_session:
+        finish_session(root.session, root.is_request)
+
+
 async def finish(frame: Frame, commit: bool, *, is_async: bool) -> None:
-    """End one request transaction: in a worker thread (sync) or one greenlet (async)."""
-    assert frame.root is not None
-    flow = finish_root(frame.root, frame, commit=commit)
+    """End one request transaction: in a worker thread (sync) or one greenlet (async).
+
+    Without hooks, rollback-only mark or reset statement (the usual request) the ending is
+    :func:`end_plainly`'s plain calls; otherwise the unit flow's steps, driven.
+    """
+    root = frame.root
+    assert root is not None
+    if is_plain(root, frame) and not (is_async and is_busy(root.session)):  # type: ignore[arg-type]
+        if not has_work(sync_view(root.session)):  # no thread hop, no greenlet
+            end_plainly(root, commit)
+            return
+        with CancelScope(shield=True):  # a cancelled request still rolls back and closes
+            if is_async:
+                await greenlet_spawn(end_plainly, root, commit)
+            else:
+                await to_thread.run_sync(end_plainly, root, commit)
+        return
+    flow = finish_root(root, frame, commit=commit)
     if not _needs_io(frame):  # no thread hop, no greenlet
         drive(flow, in_greenlet=is_async)
         return

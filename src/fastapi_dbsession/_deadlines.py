@@ -136,7 +136,44 @@ def install(engine: Engine, command_timeout: float) -> None:
     dialect: Any = engine.dialect
     for name in ("do_commit", "do_rollback", "do_ping"):
         method = getattr(dialect, name)
-        setattr(dialect, name, _guarded(method, command_timeout, _of_connection, timed_out))
+        guarded = _guarded(method, command_timeout, _of_connection, timed_out)
+        idle = _IDLE_PROBES.get(dialect.driver) if name == "do_rollback" else None
+        setattr(dialect, name, guarded if idle is None else _unless_idle(idle, method, guarded))
+
+
+def _asyncpg_idle(connection: Any) -> bool:
+    # SQLAlchemy's asyncpg adapter sends ROLLBACK only for a transaction it began
+    return getattr(connection, "_transaction", False) is None
+
+
+def _psycopg_idle(connection: Any) -> bool:
+    # psycopg 3 sends nothing for a rollback outside a transaction (and not in a pipeline)
+    return bool(
+        getattr(connection, "_pipeline", True) is None and connection.info.transaction_status == 0
+    )
+
+
+_IDLE_PROBES: dict[str, Callable[[Any], bool]] = {
+    "asyncpg": _asyncpg_idle,
+    "psycopg": _psycopg_idle,
+}
+"""Per driver: whether a ``do_rollback`` of this connection sends nothing (no deadline then).
+
+The pool rolls back every connection it takes back, also one whose transaction was just
+committed: that rollback is a no-op in the driver, and skips the watchdog here."""
+
+
+def _unless_idle(
+    idle: Callable[[Any], bool], method: Callable[..., Any], guarded: Callable[..., Any]
+) -> Callable[..., Any]:
+    def rollback(connection: Any) -> Any:
+        try:
+            nothing_to_send = idle(connection)
+        except Exception:  # another version's internals: keep the deadline
+            nothing_to_send = False
+        return method(connection) if nothing_to_send else guarded(connection)
+
+    return rollback
 
 
 def _guarded(

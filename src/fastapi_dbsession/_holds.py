@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -128,3 +128,25 @@ def _collected(hold: Hold) -> None:
         hold.origin(),
         extra={"request": hold.request, "database": hold.database, "made_at": hold.made_at},
     )
+
+
+def asked_by(route: object, dependency: object) -> str:
+    """``requested by Depends(db.session) in get_user (app/auth.py:12)``, found in the route."""
+    found: list[object] = []
+
+    def walk(dependant: Any) -> None:
+        for child in getattr(dependant, "dependencies", ()):
+            if child.call is dependency:
+                found.append(dependant.call)
+            walk(child)
+
+    walk(getattr(route, "dependant", None))
+    if not found:
+        return "made for this request by Depends(db.session)"
+    where = []
+    for function in dict.fromkeys(found):  # each dependant once, outermost first
+        code = getattr(function, "__code__", None)
+        name = getattr(function, "__qualname__", repr(function))
+        place = "" if code is None else f" ({code.co_filename}:{code.co_firstlineno})"
+        where.append(f"{name}{place}")
+    return "made for this request by Depends(db.session) in " + ", ".join(where)

@@ -144,7 +144,9 @@ def _owned(name: str, method: Callable[..., object]) -> Callable[..., object]:
     def owned(self: Any, *args: Any, **kwargs: Any) -> object:
         owner = self._fastapi_dbsession_owner
         current = getcurrent()
-        if owner is not None and owner is not current:
+        if owner is current:  # a nested call of the operation already inside (get -> execute)
+            return method(self, *args, **kwargs)
+        if owner is not None:
             raise ConcurrentSessionUseError(
                 f"AsyncSession.{name}() was called from task {_current_task_name()} while "
                 "another task is still inside an operation on the same session. An "
@@ -157,8 +159,8 @@ def _owned(name: str, method: Callable[..., object]) -> Callable[..., object]:
         try:
             return method(self, *args, **kwargs)
         finally:
-            self._fastapi_dbsession_owner = owner
-            if owner is None and self._fastapi_dbsession_idle_waiters:
+            self._fastapi_dbsession_owner = None
+            if self._fastapi_dbsession_idle_waiters:
                 for waiter in self._fastapi_dbsession_idle_waiters:
                     if not waiter.done():
                         waiter.set_result(None)

@@ -461,10 +461,10 @@ def _call_in_greenlet(step: CallHook) -> object:
     return await_only(result) if inspect.isawaitable(result) else result
 
 
-def _finish(step: Finish) -> None:
-    session = _sync_view(step.session)
-    session.info[FINISHED] = FINISHED_MESSAGE if step.is_request else ENDED_MESSAGE
-    session.close()
+def finish_session(session: Session | AsyncSession, is_request: bool) -> None:  # (Finish)
+    sync_session = _sync_view(session)
+    sync_session.info[FINISHED] = FINISHED_MESSAGE if is_request else ENDED_MESSAGE
+    sync_session.close()
 
 
 def _new_async_session(step: NewSession) -> object:
@@ -483,7 +483,7 @@ _SHARED_STEPS: Mapping[type, Callable[[Any], object]] = {
     Commit: lambda step: commit(_sync_view(step.target)),  # a lost connection: outcome unknown
     Rollback: lambda step: rollback(_sync_view(step.target)),  # a lost connection rolled back
     Close: lambda step: _sync_view(step.session).close(),
-    Finish: _finish,
+    Finish: lambda step: finish_session(step.session, step.is_request),
 }
 
 SYNC_STEPS: Mapping[type, Callable[[Any], object]] = {

@@ -29,7 +29,7 @@ from ._commit_group import GROUP_KEYS, Arrival, CommitGroup, finish, join
 from ._database import Database
 from ._endpoints import EndpointGuard, register
 from ._frames import Frame, Root, frames_of
-from ._holds import hold_of
+from ._holds import asked_by, hold_of
 from ._outage import unavailable_cause, unavailable_message
 from ._recording import QueryStats, request_label
 from ._replicas import Writes, enter_request
@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 _SCOPE_KEY = "fastapi_dbsession.commit_policy"
 _WRITES_KEY = "fastapi_dbsession.writes"
+
 
 RETRY_AFTER_SECONDS = 1
 """The ``Retry-After`` of a request that found no free connection: the overload is short-lived."""
@@ -179,10 +180,10 @@ def commit_policy_dependency(
 
 def _route_rule(connection: HTTPConnection, database: Database) -> _RouteRule:
     chosen: dict[int, _RouteRule] | None = connection.scope.get(_SCOPE_KEY)
-    rule = None if chosen is None else chosen.get(id(database))
-    if rule is None:
-        return database.config.commit_policy, database.config.commit_statuses
-    return rule
+    if chosen is not None and (rule := chosen.get(id(database))) is not None:
+        return rule
+    config = database.config
+    return config.commit_policy, config.commit_statuses
 
 
 def _declared_status(connection: HTTPConnection) -> int | None:
@@ -296,7 +297,7 @@ class _RequestUnit:
             return
         hold.request = _label(connection)
         route, dependency = connection.scope.get("route"), self.dependency
-        hold.describe_origin = lambda: _asked_by(route, dependency)
+        hold.describe_origin = lambda: asked_by(route, dependency)
 
     async def end(
         self,
@@ -318,11 +319,7 @@ class _RequestUnit:
             group = None  # this request's only session on this side: it ends alone
         released = False
         try:
-            policy, statuses = _route_rule(connection, self.database)
-            policy = "read_only" if self.is_read else policy
-            status = response.status_code  # set on the injected Response, else the route's
-            status = _declared_status(connection) if status is None else status
-            commit = error is None and should_commit(policy, None, status, statuses)
+            commit = error is None and self._commits(connection, response)
             if group is not None:  # several databases: end them together
                 release = functools.partial(self._release, gate, recording)
                 released = True  # the group releases every arrival's permit and recording
@@ -345,6 +342,15 @@ class _RequestUnit:
             if replacement is not error:
                 raise replacement from error
 
+    def _commits(self, connection: HTTPConnection, response: Response) -> bool:
+        """Whether the request's transaction commits (the endpoint raised nothing)."""
+        if self.is_read:
+            return False
+        policy, statuses = _route_rule(connection, self.database)
+        status = response.status_code  # set on the injected Response, else the route's
+        status = _declared_status(connection) if status is None else status
+        return should_commit(policy, None, status, statuses)
+
     def _release(self, gate: CapacityGate | None, recording: Any) -> None:
         if gate is not None:
             gate.release()
@@ -364,28 +370,6 @@ async def _observed_pass(
         observer(waited, acquired)
     if not acquired:
         raise _busy(gate.timeout_message)
-
-
-def _asked_by(route: object, dependency: object) -> str:
-    """``requested by Depends(db.session) in get_user (app/auth.py:12)``, found in the route."""
-    found: list[object] = []
-
-    def walk(dependant: Any) -> None:
-        for child in getattr(dependant, "dependencies", ()):
-            if child.call is dependency:
-                found.append(dependant.call)
-            walk(child)
-
-    walk(getattr(route, "dependant", None))
-    if not found:
-        return "made for this request by Depends(db.session)"
-    where = []
-    for function in dict.fromkeys(found):  # each dependant once, outermost first
-        code = getattr(function, "__code__", None)
-        name = getattr(function, "__qualname__", repr(function))
-        place = "" if code is None else f" ({code.co_filename}:{code.co_firstlineno})"
-        where.append(f"{name}{place}")
-    return "made for this request by Depends(db.session) in " + ", ".join(where)
 
 
 def _label(connection: HTTPConnection) -> str:
@@ -417,18 +401,36 @@ def _request_dependency(
             guard.check(connection.scope)
         stack: AsyncExitStack = connection.scope[FUNCTION_STACK_KEY]
         opened = await unit.open(connection, response)
-
-        async def end(
-            kind: type[BaseException] | None, error: BaseException | None, traceback: object
-        ) -> bool:
-            await unit.end(opened, connection, response, error)
-            return False  # never swallow what the endpoint raised
-
-        stack.push_async_exit(end)
+        stack.push_async_exit(_Ending(unit, opened, connection, response))
         return opened[0]
 
     unit.dependency = request_session
     return _guarded(request_session, guard)
+
+
+class _Ending:
+    """The exit callback a request session pushes onto FastAPI's function-scoped exit stack.
+
+    An object with ``__aexit__`` rather than a closure: ``AsyncExitStack.push_async_exit``
+    looks for ``__aexit__`` first, and a plain function costs it a caught ``AttributeError``
+    on every request.
+    """
+
+    __slots__ = ("connection", "opened", "response", "unit")
+
+    def __init__(
+        self, unit: _RequestUnit, opened: _Opened, connection: HTTPConnection, response: Response
+    ) -> None:
+        self.unit, self.opened, self.connection, self.response = unit, opened, connection, response
+
+    async def __aenter__(self) -> "_Ending":  # (an async context manager to type checkers)
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: object
+    ) -> bool:
+        await self.unit.end(self.opened, self.connection, self.response, error)
+        return False  # never swallow what the endpoint raised
 
 
 def _guarded(

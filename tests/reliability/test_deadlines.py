@@ -88,6 +88,74 @@ async def test_no_answer_raises_within_the_deadline(
         await db.async_dispose()
 
 
+def _returned(elapsed: float, lent: int, sends_nothing: bool) -> None:
+    if sends_nothing:  # no round trip: at once
+        assert elapsed < DEADLINE / 2
+    else:  # a round trip into the stalled network: cut at the deadline (the pool drops it)
+        assert DEADLINE - 0.1 < elapsed < DEADLINE + 1
+    assert lent == 0  # back in the pool either way
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_rollback_keeps_its_deadline_unless_it_sends_nothing(
+    server_backend: Backend, proxy: CuttingProxy, *, side: str, anyio_backend: str
+) -> None:
+    """A ROLLBACK of an open transaction is cut at the deadline. The pool's rollback of a
+    connection whose transaction was committed sends nothing on PostgreSQL (psycopg, asyncpg:
+    no watchdog then), so it returns at once even with the network stalled and the connection
+    is pooled again; PyMySQL and aiomysql send it anyway, and it keeps its deadline."""
+    sends_nothing = server_backend.name == "postgresql"
+    port = proxy.port
+    db = DatabaseSessionManager(
+        server_backend.url.set(port=port),
+        async_url=server_backend.async_url.set(port=port),
+        command_timeout=DEADLINE,
+    )
+    try:
+        if side == "sync":
+            engine = db.engine
+            connection = engine.connect()
+            connection.execute(text("SELECT 1"))
+            connection.commit()
+            proxy.stall()
+            started = time.monotonic()
+            connection.close()  # the pool's reset: a rollback with nothing to roll back
+            _returned(time.monotonic() - started, engine.pool.checkedout(), sends_nothing)
+            proxy.resume()
+            connection = engine.connect()
+            connection.execute(text("SELECT 1"))
+            proxy.stall()
+            started = time.monotonic()
+            with pytest.raises(Exception):  # noqa: B017,PT011  # the driver's or ours
+                connection.rollback()
+            assert DEADLINE - 0.1 < time.monotonic() - started < DEADLINE + 1
+            connection.invalidate()
+            connection.close()
+        else:
+            async_engine = db.async_engine
+            async with async_engine.connect() as aconnection:
+                await aconnection.execute(text("SELECT 1"))
+                await aconnection.commit()
+                proxy.stall()
+                started = time.monotonic()
+            _returned(time.monotonic() - started, async_engine.pool.checkedout(), sends_nothing)
+            proxy.resume()
+            aconnection = await async_engine.connect()
+            await aconnection.execute(text("SELECT 1"))
+            proxy.stall()
+            started = time.monotonic()
+            with pytest.raises(Exception):  # noqa: B017,PT011  # the driver's or ours
+                await aconnection.rollback()
+            assert DEADLINE - 0.1 < time.monotonic() - started < DEADLINE + 1
+            await aconnection.invalidate()
+            await aconnection.close()
+    finally:
+        proxy.resume()
+        db.dispose()
+        await db.async_dispose()
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.parametrize("engine_kind", ["replica", "bind"])
