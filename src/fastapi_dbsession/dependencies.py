@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 _SCOPE_KEY = "fastapi_dbsession.commit_policy"
 _WRITES_KEY = "fastapi_dbsession.writes"
 
-
 RETRY_AFTER_SECONDS = 1
 """The ``Retry-After`` of a request that found no free connection: the overload is short-lived."""
 
